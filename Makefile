@@ -1,0 +1,47 @@
+# sweeper: `make demo` and `make test` set everything up on a fresh Debian/Python 3.11 machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.sweeper-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO   ?= search_spaces/fmnist_demo.yaml
+
+export RAY_USAGE_STATS_ENABLED=0
+export WANDB_SILENT=true
+
+.PHONY: setup data test test-all demo bench clean
+
+setup: $(STAMP)
+
+# torch/torchvision resolve to the wheels on local disk (see pyproject ranges); torchattacks is a test
+# reference that pins an old `requests`, so it goes in without its dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps 'torchattacks==3.5.1'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when apt is there (2 s); otherwise sweeper falls back to torchvision.
+data:
+	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: $(FMNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; echo "Fashion-MNIST installed"; \
+	else echo "dataset-fashion-mnist not installable here; sweeper will try torchvision's download"; fi
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+test-all: setup data
+	$(BIN)/python -m pytest -q -m ''
+
+demo: setup data
+	$(BIN)/sweeper run $(DEMO)
+	$(BIN)/sweeper report $(DEMO)
+
+bench: setup data
+	$(BIN)/python benchmarks/bench_pgd.py
+	$(BIN)/python benchmarks/bench_training.py
+
+clean:
+	rm -rf store build *.egg-info .pytest_cache

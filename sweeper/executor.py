@@ -1,0 +1,163 @@
+"""Runs a plan wave by wave, skipping nodes whose artifacts are already in the store.
+
+Re-running the same sweep resumes: finished nodes are skipped, finished synthesis shards are kept, and a
+training node continues from its last per-epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from . import stages, tracking
+from .plan import Plan
+from .store import Store
+
+Log = Callable[[str], None]
+
+
+def _default_log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int | None = None,
+             wandb_mode: str | None = None) -> dict:
+    """Execute every node of ``plan`` not yet done, in this process. Returns counts of work done/skipped."""
+    if threads:
+        torch.set_num_threads(threads)
+    store.clean_tmp()
+    done, ran = 0, 0
+    quiet = not sys.stderr.isatty()
+    total = len(plan.nodes)
+    for i, node in enumerate(plan.nodes.values(), 1):
+        if store.is_done(node.key):
+            done += 1
+            log(f"[{i}/{total}] {node.kind:<10} {node.label}: done, skipped")
+            continue
+        t0 = time.time()
+        log(f"[{i}/{total}] {node.kind:<10} {node.label} ({node.key}) ...")
+        with tracking.tracked(plan, node, store, wandb_mode) as wb:
+            summary = _run_node(plan, node, store, wb, quiet)
+        ran += 1
+        log(f"    {summary} [{time.time() - t0:.1f} s]")
+    return {"ran": ran, "skipped": done, "total": total}
+
+
+def _run_node(plan: Plan, node, store: Store, wb, quiet: bool) -> str:
+    """One node in this process; returns a one-line summary. Curves go to ``wb`` (a tracking.NodeRun)."""
+    data_spec, seed = plan.sweep.data.model_dump(), int(plan.sweep.seed)
+    shard_size = int(plan.sweep.run.shard_size)
+    if node.kind == "train":
+        bar = tqdm(total=int(node.params["train"]["epochs"]), desc=node.label, unit="epoch",
+                   disable=quiet, leave=False)
+        meta = stages.run_train(node, data_spec, seed, store,
+                                on_epoch=lambda row: (bar.update(1), wb.log(row, step=row["epoch"]),
+                                                      bar.set_postfix(loss=f"{row['train_loss']:.3f}",
+                                                                      test=f"{row['test_acc']:.3f}")))
+        bar.close()
+        summary = f"test acc {meta['test_acc']:.3f}"
+    elif node.kind == "synthesize":
+        n = len(stages.synth_inputs(node, data_spec, seed)[1])
+        bar = tqdm(total=n, desc=node.label, unit="img", disable=quiet, leave=False)
+        meta = stages.run_synthesize(node, data_spec, seed, store, shard_size,
+                                     on_shard=lambda m: (bar.update(m["n"]), wb.log(_shard_metrics(m))))
+        bar.close()
+        summary = (f"hit rate {meta['hit_rate']:.3f}" if "hit_rate" in meta
+                   else f"mean feature distance {meta['mean_dist']:.3f}")
+    elif node.kind == "evaluate":
+        meta = stages.run_evaluate(node, data_spec, seed, store)
+        wb.log(eval_metrics(meta))
+        summary = f"clean {meta['clean_acc']:.3f} " + " ".join(
+            f"{r['attack']} {r['acc']:.3f}" for r in meta["robust"])
+    elif node.kind == "transfer":
+        meta = stages.run_transfer(node, data_spec, seed, store)
+        wb.log({"target_rate": meta["target_rate"], "original_rate": meta["original_rate"]})
+        summary = f"reads target {meta['target_rate']:.3f}, original {meta['original_rate']:.3f}"
+    else:  # the spec refuses other kinds; reaching here is a bug
+        raise AssertionError(f"unknown node kind {node.kind!r}")
+    return summary
+
+
+def _shard_metrics(m: dict) -> dict:
+    keys = ("index", "n", "images_per_s", "hit_rate", "mean_dist")
+    return {f"shard/{k}": m[k] for k in keys if k in m}
+
+
+def eval_metrics(meta: dict) -> dict:
+    out = {"clean_acc": meta["clean_acc"], "shifted_acc": meta["shifted_acc"]}
+    out.update({f"robust/{r['attack']}": r["acc"] for r in meta["robust"]})
+    if meta.get("worst_acc") is not None:
+        out["worst_acc"] = meta["worst_acc"]
+    return out
+
+
+def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: Log = _default_log,
+                 num_cpus: int | None = None, wandb_mode: str | None = None) -> dict:
+    """Execute the plan on Ray, wave by wave: synthesis on an actor pool, train/evaluate as Tune trials.
+
+    ``address=None`` starts a local Ray in this process; ``"auto"`` or ``"HOST:PORT"`` joins a running cluster.
+    Transfer probes are cheap forward passes and run in the driver.
+    """
+    import os
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from .shards import ShardPool, synthesize_on_pool
+    from .tuning import run_trials
+
+    sweep, run = plan.sweep, plan.sweep.run
+    data_spec, seed = sweep.data.model_dump(), int(sweep.seed)
+    store.clean_tmp()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    pool = None
+    ran = skipped = 0
+    try:
+        for depth, wave in enumerate(plan.waves()):
+            todo = [n for n in wave if not store.is_done(n.key)]
+            skipped += len(wave) - len(todo)
+            if not todo:
+                continue
+            log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
+            for node in [n for n in todo if n.kind == "synthesize"]:
+                if pool is None:
+                    pool = ShardPool(store, data_spec, seed, actors=int(run.synthesis_actors),
+                                     cpus_per_actor=float(run.cpus_per_trial),
+                                     gpus_per_actor=_synth_gpus(run), threads=int(max(1, run.cpus_per_trial)))
+                t0 = time.time()
+                with tracking.tracked(plan, node, store, wandb_mode) as wb:
+                    meta = synthesize_on_pool(pool, node, data_spec, seed, store, int(run.shard_size),
+                                              on_shard=lambda m: wb.log(_shard_metrics(m)))
+                log(f"  synthesize {node.label}: {meta['n']} images in {time.time() - t0:.1f} s")
+            trials = [n for n in todo if n.kind in ("train", "evaluate")]
+            if trials:
+                t0 = time.time()
+                run_trials(trials, plan=plan, store=store, run_spec=run, wandb_mode=wandb_mode)
+                log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s: "
+                    + ", ".join(n.label for n in trials))
+            for node in [n for n in todo if n.kind == "transfer"]:
+                with tracking.tracked(plan, node, store, wandb_mode) as wb:
+                    m = stages.run_transfer(node, data_spec, seed, store)
+                    wb.log({"target_rate": m["target_rate"], "original_rate": m["original_rate"]})
+            ran += len(todo)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if started:
+            ray.shutdown()
+    return {"ran": ran, "skipped": skipped, "total": len(plan.nodes)}
+
+
+def _synth_gpus(run) -> float:
+    g = run.gpus_per_trial
+    if isinstance(g, dict):
+        return float(g.get("default", 0))
+    return float(g or 0)

@@ -1,0 +1,209 @@
+"""Model zoo: every model takes images in [0,1] and normalises inside (torch only).
+
+``forward(x) = head(representation(x))``; ``representation(x)`` normalises with the model's ``mean``/``std``
+buffers and returns the penultimate features, shape (N, F).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["SweeperModel", "build", "available", "registry"]
+
+
+class SweeperModel(nn.Module):
+    """Common base: normalisation buffers + ``features`` (penultimate) + ``head`` (linear)."""
+
+    def __init__(self, features: nn.Module, head: nn.Module, *, in_shape, mean, std, feature_dim: int):
+        super().__init__()
+        in_shape = tuple(int(s) for s in in_shape)
+        shape = (1, -1) + (1,) * (len(in_shape) - 1)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(shape)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(shape)
+        if (std_t <= 0).any():
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+        self.in_shape = in_shape
+        self.feature_dim = int(feature_dim)
+        self.features = features
+        self.head = head
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.representation(x))
+
+
+# --------------------------------------------------------------------------------------- small nets
+def _small_cnn(num_classes, in_shape):
+    c, h, w = in_shape
+    for _ in range(3):
+        h, w = h // 2, w // 2
+    feats = nn.Sequential(
+        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(128 * h * w, 256), nn.ReLU(inplace=True),
+    )
+    return feats, nn.Linear(256, num_classes), 256
+
+
+def _mlp(num_classes, in_shape):
+    d = math.prod(in_shape)
+    feats = nn.Sequential(nn.Flatten(), nn.Linear(d, 256), nn.ReLU(inplace=True),
+                          nn.Linear(256, 256), nn.ReLU(inplace=True))
+    return feats, nn.Linear(256, num_classes), 256
+
+
+def _linear(num_classes, in_shape):
+    d = math.prod(in_shape)
+    return nn.Flatten(), nn.Linear(d, num_classes), d
+
+
+# ------------------------------------------------------------------------------------------ ResNets
+class _BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        cout = planes * 4
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def _resnet(block, layers):
+    def make(num_classes, in_shape):
+        cin = 64
+        mods = [nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                mods.append(block(cin, planes, stride))
+                cin = planes * block.expansion
+        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return nn.Sequential(*mods), nn.Linear(cin, num_classes), cin
+    return make
+
+
+# --------------------------------------------------------------------------------------------- VGG
+_VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def _vgg16(num_classes, in_shape):
+    mods, cin = [], in_shape[0]
+    for v in _VGG16:
+        if v == "M":
+            mods.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28x28 inputs still reach 1x1
+        else:
+            mods += [nn.Conv2d(cin, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            cin = v
+    mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*mods), nn.Linear(512, num_classes), 512
+
+
+# ---------------------------------------------------------------------------------------- DenseNet
+class _DenseFeatures(nn.Module):
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.body = features
+
+    def forward(self, x):
+        return torch.flatten(F.adaptive_avg_pool2d(F.relu(self.body(x)), 1), 1)
+
+
+def _densenet121(num_classes, in_shape):
+    from torchvision.models import densenet121
+
+    net = densenet121(weights=None, num_classes=num_classes)
+    net.features.conv0 = nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False)  # CIFAR stem
+    net.features.pool0 = nn.Identity()
+    dim = net.classifier.in_features
+    return _DenseFeatures(net.features), net.classifier, dim
+
+
+# ---------------------------------------------------------------------------------------- airbench
+def _conv_bn(cin, cout):
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+
+
+def _airbench(num_classes, in_shape):
+    """Compact airbench-style net (Keller Jordan's fast CIFAR-10 trainer): conv stem 24, then three blocks
+    conv-pool-BN-GELU, conv-BN-GELU at widths 64/256/256, global max pool."""
+    mods = [nn.Conv2d(in_shape[0], 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.GELU()]
+    cin = 24
+    for w in (64, 256, 256):
+        mods += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(w), nn.GELU()]
+        mods += _conv_bn(w, w)
+        cin = w
+    mods += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+    return nn.Sequential(*mods), nn.Linear(256, num_classes, bias=False), 256
+
+
+registry: dict[str, Callable] = {
+    "small_cnn": _small_cnn,
+    "mlp": _mlp,
+    "linear": _linear,
+    "resnet18": _resnet(_BasicBlock, (2, 2, 2, 2)),
+    "resnet50": _resnet(_Bottleneck, (3, 4, 6, 3)),
+    "vgg16": _vgg16,
+    "densenet121": _densenet121,
+    "airbench": _airbench,
+}
+_IMAGE_ONLY = {"small_cnn", "resnet18", "resnet50", "vgg16", "densenet121", "airbench"}
+
+
+def available() -> list[str]:
+    return list(registry)
+
+
+def build(arch: str, *, num_classes: int, in_shape: tuple[int, ...], mean, std) -> nn.Module:
+    """A fresh model (seed torch beforehand for reproducible init). Inputs in [0,1]; normalises inside."""
+    if arch not in registry:
+        raise ValueError(f"unknown arch {arch!r}; available: {', '.join(available())}")
+    in_shape = tuple(int(s) for s in in_shape)
+    if arch in _IMAGE_ONLY and len(in_shape) != 3:
+        raise ValueError(f"arch {arch!r} needs image inputs (C,H,W), got in_shape={in_shape}")
+    features, head, dim = registry[arch](int(num_classes), in_shape)
+    return SweeperModel(features, head, in_shape=in_shape, mean=mean, std=std, feature_dim=dim)

@@ -1,0 +1,169 @@
+"""W&B on the side (an edge module: imports wandb lazily).
+
+Every node may open one W&B run, named from its key, grouped by sweep and stage, whose config carries what
+dashboards filter on. Offline by default: runs land under ``<store>/wandb`` and ``wandb sync`` uploads them
+later. A W&B failure (no network, bad key, a crash of its process) is printed once and the sweep goes on:
+results in the store never depend on W&B. The API key is never written anywhere by sweeper.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+import sys
+from contextlib import contextmanager
+
+MODES = ("offline", "online", "disabled")
+
+
+class NodeRun:
+    """A thin, failure-proof handle: every call after a W&B error becomes a no-op."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(metrics, step=step)
+        except Exception as e:  # W&B must never stop a sweep; the error is reported, not hidden
+            _warn(f"W&B log failed ({e!r}); continuing without W&B for this run")
+            self.run = None
+
+    def finish(self) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.finish()
+        except Exception as e:
+            _warn(f"W&B finish failed ({e!r})")
+        self.run = None
+
+
+def _warn(msg: str) -> None:
+    print(f"sweeper: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_mode(mode: str | None) -> str:
+    """`--wandb` wins, then WANDB_MODE, then offline."""
+    m = mode or os.environ.get("WANDB_MODE") or "offline"
+    if m == "dryrun":
+        m = "offline"
+    if m not in MODES:
+        raise ValueError(f"wandb mode {m!r}: expected one of {', '.join(MODES)}")
+    return m
+
+
+def node_config(plan, node) -> dict:
+    """What dashboards filter and plot on (no secrets: only the node's own settings and provenance)."""
+    from .report import train_set_kind
+
+    cfg = {"sweep": plan.sweep.name, "stage": node.stage, "kind": node.kind, "key": node.key,
+           "label": node.label, "dataset": plan.sweep.data.dataset, "params": node.params, "point": node.point,
+           "inputs": node.inputs}
+    model = node if node.kind == "train" else plan.nodes.get(node.inputs.get("model", ""))
+    if model is not None and model.kind == "train":
+        cfg.update(train_set=train_set_kind(plan, model), arch=model.params["arch"])
+    if node.kind == "synthesize":
+        spec = node.params.get("attack") or {}
+        cfg.update(method=node.params["method"], norm=spec.get("norm"), eps=spec.get("eps"), steps=spec.get("steps"))
+    try:
+        from .store import provenance
+
+        cfg["code"] = {k: v for k, v in provenance().items() if k in ("git_sha", "git_dirty", "versions")}
+    except Exception as e:  # provenance is informative only
+        _warn(f"no provenance for W&B config ({e!r})")
+    return cfg
+
+
+def open_run(plan, node, store, mode: str | None = None) -> NodeRun:
+    m = resolve_mode(mode)
+    if m == "disabled":
+        return NodeRun(None)
+    try:
+        import wandb
+
+        root = store.local_path("wandb") if hasattr(store, "local_path") else None
+        root = root or os.path.join(os.getcwd(), "wandb-runs")
+        os.makedirs(root, exist_ok=True)  # before any run starts: concurrent creation raced
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sweeper"), dir=root, mode=m,
+                         id=f"{plan.sweep.name}-{node.key}", name=node.label, group=plan.sweep.name,
+                         job_type=node.stage, config=node_config(plan, node), reinit="create_new",
+                         resume="allow", settings=wandb.Settings(console="off", silent=True))
+        return NodeRun(run)
+    except Exception as e:
+        _warn(f"W&B could not start ({e!r}); the sweep goes on without it")
+        return NodeRun(None)
+
+
+@contextmanager
+def tracked(plan, node, store, mode: str | None = None):
+    run = open_run(plan, node, store, mode)
+    try:
+        yield run
+    finally:
+        run.finish()
+
+
+# ------------------------------------------------------------------------------- reading offline runs
+def offline_run_files(wandb_root: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(wandb_root, "wandb", "offline-run-*", "run-*.wandb")))
+
+
+def _records(data: bytes):
+    """Payloads of a LevelDB-style W&B log: 7-byte file header, 32 KiB blocks of (crc, len, type) records."""
+    pos, block, buf = 7, 32768, b""
+    while pos < len(data):
+        left = block - (pos % block)
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            yield payload
+        elif kind == 2:
+            buf = payload
+        elif kind == 3:
+            buf += payload
+        elif kind == 4:
+            yield buf + payload
+            buf = b""
+        elif kind == 0 and length == 0:
+            pos += block - (pos % block) if pos % block else 0
+
+
+def read_offline_run(path: str) -> dict:
+    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} from one offline .wandb file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    with open(path, "rb") as f:
+        data = f.read()
+    out = {"config": {}, "history": [], "summary": {}, "run": {}}
+    for payload in _records(data):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        which = rec.WhichOneof("record_type")
+        if which == "history":
+            row = {}
+            for item in rec.history.item:
+                k = item.key or "/".join(item.nested_key)
+                row[k] = json.loads(item.value_json)
+            out["history"].append(row)
+        elif which == "config":
+            for item in rec.config.update:
+                k = item.key or "/".join(item.nested_key)
+                out["config"][k] = json.loads(item.value_json)
+        elif which == "run":
+            out["run"] = {"id": rec.run.run_id, "name": rec.run.display_name, "group": rec.run.run_group,
+                          "job_type": rec.run.job_type}
+            for item in rec.run.config.update:
+                out["config"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif which == "summary":
+            for item in rec.summary.update:
+                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out

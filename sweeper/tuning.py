@@ -1,0 +1,85 @@
+"""Training and evaluation nodes as Ray Tune trials (an edge module: imports ray.tune).
+
+One Tune experiment per wave: a grid over the ready nodes' keys, resources per trial by architecture, a cap on
+concurrent trials and ``FailureConfig`` retries. A training trial writes a checkpoint to the store after every
+epoch, so a retried or re-run trial continues from its last epoch; a finished node is never planned again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from ray import tune
+
+from . import stages, tracking
+from .store import Store
+
+
+def _trial(config: dict, plan, store_uri: str, threads: int, wandb_mode: str | None) -> None:
+    import torch
+
+    from .executor import eval_metrics
+
+    torch.set_num_threads(max(1, threads))
+    node = plan.nodes[config["key"]]
+    data_spec, sweep_seed = plan.sweep.data.model_dump(), int(plan.sweep.seed)
+    store = Store(store_uri)
+    if store.is_done(node.key):  # a retried trial whose node finished before the failure
+        tune.report({"skipped": 1})
+        return
+    with tracking.tracked(plan, node, store, wandb_mode) as wb:
+        if node.kind == "train":
+            def on_epoch(row: dict) -> None:
+                row = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+                wb.log(row, step=int(row["epoch"]))
+                tune.report(row)
+
+            stages.run_train(node, data_spec, sweep_seed, store, on_epoch=on_epoch)
+        elif node.kind == "evaluate":
+            metrics = eval_metrics(stages.run_evaluate(node, data_spec, sweep_seed, store))
+            wb.log(metrics)
+            tune.report(metrics)
+        else:
+            raise ValueError(f"node {node.label}: kind {node.kind} does not run as a Tune trial")
+
+
+def gpus_for(arch: str, gpus_per_trial) -> float:
+    if isinstance(gpus_per_trial, dict):
+        return float(gpus_per_trial.get(arch, gpus_per_trial.get("default", 0)))
+    return float(gpus_per_trial or 0)
+
+
+def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | None = None, callbacks=None) -> None:
+    """Run ``nodes`` (train/evaluate) as one Tune experiment; raises if any trial finally failed."""
+    by_key = {n.key: n for n in nodes}
+    sweep = plan.sweep
+    cpus = float(run_spec.cpus_per_trial)
+
+    def resources(config: dict) -> dict:
+        node = by_key[config["key"]]
+        arch = node.params.get("arch") or plan.nodes[node.inputs["model"]].params["arch"]
+        return {"cpu": cpus, "gpu": gpus_for(arch, run_spec.gpus_per_trial)}
+
+    trainable = tune.with_parameters(_trial, plan=plan, store_uri=store.uri, threads=int(max(1, cpus)),
+                                     wandb_mode=wandb_mode)
+    trainable = tune.with_resources(trainable, resources)
+    digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:8]
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"key": tune.grid_search(sorted(by_key))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=int(run_spec.max_concurrent_trials)),
+        run_config=tune.RunConfig(
+            name=f"{sweep.name}-{digest}", storage_path=store.path("tune"),
+            failure_config=tune.FailureConfig(max_failures=int(run_spec.max_failures)),
+            callbacks=callbacks or [], verbose=0),
+    )
+    results = tuner.fit()
+    failed = [(r.config.get("key") if r.config else "?", r.error) for r in results if r.error]
+    if failed:
+        labels = ", ".join(f"{by_key[k].label if k in by_key else k}: {e}" for k, e in failed[:3])
+        raise RuntimeError(f"{len(failed)} Tune trial(s) failed after {run_spec.max_failures} retries: {labels}. "
+                           "Run the same command again to resume.")
+
+
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")

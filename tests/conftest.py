@@ -1,0 +1,55 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["WANDB_MODE"] = "disabled"  # the W&B tests turn it on with --wandb offline
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_SWEEP = """
+name: tiny
+seed: 0
+data: {dataset: fashion_mnist, test_size: 200}
+run: {store: STORE, shard_size: 100}
+stages:
+  std:
+    kind: train
+    arch: small_cnn
+    train_size: 1000
+    train: &t {epochs: 2, batch_size: 128, optimizer: sgd, lr: 0.05, schedule: cosine}
+  std_b: {kind: train, arch: small_cnn, train_size: 1000, seed: 1, train: *t}
+  robust:
+    kind: train
+    arch: small_cnn
+    train_size: 1000
+    train: *t
+    adversarial: {norm: l2, eps: 1.0, steps: 2, step_size: 0.5}
+  d_r: {kind: synthesize, from: robust, method: inversion, size: 200,
+        inversion: {steps: 5, step_size: 0.5, start: other_image, loss: l2}}
+  d_nr: {kind: synthesize, from: std, method: inversion, size: 200,
+         inversion: {steps: 5, step_size: 0.5, start: other_image, loss: l2}}
+  d_rand: {kind: synthesize, from: std, method: relabel, size: 200, targets: random,
+           attack: {norm: l2, eps: 2.0, steps: 5, step_size: 0.5}}
+  d_det: {kind: synthesize, from: std, method: relabel, size: 200, targets: deterministic,
+          attack: {norm: l2, eps: 2.0, steps: 5, step_size: 0.5}}
+  baseline: {kind: train, arch: small_cnn, train_size: 200, train: *t}
+  train_d_r: {kind: train, from: d_r, arch: small_cnn, train: *t}
+  train_d_nr: {kind: train, from: d_nr, arch: small_cnn, train: *t}
+  train_d_rand: {kind: train, from: d_rand, arch: small_cnn, train: *t}
+  train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}
+  probe: {kind: transfer, from: d_det, models: [robust, std_b]}
+  eval:
+    kind: evaluate
+    from: [std, robust, baseline, train_d_r, train_d_nr, train_d_rand, train_d_det]
+    attacks: [{norm: l2, eps: 0.5, steps: 3}, {norm: l2, eps: 1.0, steps: 3}]
+"""
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+    """A tiny sweep file over real Fashion-MNIST subsets, with its store under tmp_path."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SWEEP.replace("STORE", str(tmp_path / "store")))
+    return path

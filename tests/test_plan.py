@@ -1,0 +1,124 @@
+"""The plan: content keys, de-duplication, fan-out, waves; a pure function of the sweep file."""
+import pytest
+
+from sweeper.plan import CODE_VERSION, build_plan
+from sweeper.spec import loads
+
+BASE = """
+name: p
+seed: 0
+data: {dataset: fashion_mnist, test_size: 100}
+run: {store: ./store, max_concurrent_trials: 2}
+stages:
+  std:
+    kind: train
+    arch: small_cnn
+    train_size: 500
+    train: {epochs: 1, lr: 0.05}
+  std_b: {kind: train, arch: small_cnn, train_size: 500, seed: 1, train: {epochs: 1, lr: 0.05}}
+  d_det:
+    kind: synthesize
+    from: std
+    method: relabel
+    size: 100
+    targets: deterministic
+    attack: {norm: l2, eps: {grid: [0.5, 1.0]}, steps: 3}
+  retrain:
+    kind: train
+    from: d_det
+    arch: {grid: [small_cnn, mlp, linear]}
+    train: {epochs: 1}
+  probe: {kind: transfer, from: d_det, models: [std, std_b]}
+  eval:
+    kind: evaluate
+    from: [std, retrain]
+    attacks: [{norm: l2, eps: 0.5, steps: 2}]
+"""
+
+
+def test_dedup_and_fanout_counts():
+    plan = build_plan(loads(BASE))
+    # std once (not once per eps x arch), std_b, 2 synth, 2 x 3 retrain; 2 synth x 2 models; 1 + 6 evals
+    assert plan.counts() == {"train": 2 + 6, "synthesize": 2, "evaluate": 7, "transfer": 4}
+    labels = sorted(n.label for n in plan.nodes.values() if n.stage == "d_det")
+    assert labels == ["d_det[attack.eps=0.5]", "d_det[attack.eps=1.0]"]
+    retrain = [n for n in plan.nodes.values() if n.stage == "retrain"]
+    assert {n.point["d_det.attack.eps"] for n in retrain} == {0.5, 1.0}
+    assert all(set(n.inputs) == {"data"} for n in retrain)
+    probe = [n for n in plan.nodes.values() if n.kind == "transfer"]
+    assert all(set(n.inputs) == {"data", "model"} for n in probe)
+    assert all(n.params["seed"] == 0 for n in retrain)
+
+
+def test_identical_stages_share_a_node():
+    text = BASE.replace("  probe:", "  std_copy: {kind: train, arch: small_cnn, train_size: 500, train: {epochs: 1, lr: 0.05}}\n  probe:")
+    plan = build_plan(loads(text))
+    assert plan.counts()["train"] == 8
+    std = [n for n in plan.nodes.values() if n.stage == "std"][0]
+    assert std.stages == ("std", "std_copy")
+
+
+def test_keys_stable_and_independent_of_run_and_order():
+    a = build_plan(loads(BASE))
+    b = build_plan(loads(BASE))
+    assert list(a.nodes) == list(b.nodes) and all(len(k) == 16 for k in a.nodes)
+    c = build_plan(loads(BASE.replace("run: {store: ./store, max_concurrent_trials: 2}",
+                                      "run: {store: s3://b/x, max_concurrent_trials: 8, shard_size: 7}")))
+    assert set(c.nodes) == set(a.nodes)
+    reordered = BASE.replace(
+        "std_b: {kind: train, arch: small_cnn, train_size: 500, seed: 1, train: {epochs: 1, lr: 0.05}}",
+        "std_b: {train: {lr: 0.05, epochs: 1}, seed: 1, train_size: 500, arch: small_cnn, kind: train}").replace(
+        "    kind: train\n    arch: small_cnn\n    train_size: 500\n",
+        "    train_size: 500\n    arch: small_cnn\n    kind: train\n")
+    assert reordered != BASE
+    assert set(build_plan(loads(reordered)).nodes) == set(a.nodes)
+
+
+def test_keys_change_with_params_and_propagate():
+    a = build_plan(loads(BASE))
+    b = build_plan(loads(BASE.replace("train_size: 500\n", "train_size: 600\n")))
+    std_a = [k for k, n in a.nodes.items() if n.stage == "std"]
+    std_b = [k for k, n in b.nodes.items() if n.stage == "std"]
+    assert std_a != std_b
+    # everything downstream of std changes too; std_b does not
+    same = set(a.nodes) & set(b.nodes)
+    assert {a.nodes[k].stage for k in same} == {"std_b"}
+
+
+def test_default_filled_equals_explicit_default():
+    a = build_plan(loads(BASE))
+    b = build_plan(loads(BASE.replace("train: {epochs: 1, lr: 0.05}}", "train: {epochs: 1, lr: 0.05, momentum: 0.9}}")))
+    assert set(a.nodes) == set(b.nodes)
+
+
+def test_sweep_seed_changes_keys():
+    a = build_plan(loads(BASE))
+    b = build_plan(loads(BASE.replace("seed: 0", "seed: 5", 1)))
+    assert not set(a.nodes) & set(b.nodes)
+
+
+def test_waves_order():
+    plan = build_plan(loads(BASE))
+    waves = plan.waves()
+    # longest-path depth: eval of std (depth 1) runs beside the synthesis
+    assert [sorted({n.kind for n in w}) for w in waves] == [["train"], ["evaluate", "synthesize"],
+                                                            ["train", "transfer"], ["evaluate"]]
+    depth = {n.key: i for i, w in enumerate(waves) for n in w}
+    for n in plan.nodes.values():
+        assert all(depth[i] < depth[n.key] for i in n.inputs.values())
+    # nodes dict is topological
+    seen = set()
+    for k, n in plan.nodes.items():
+        assert set(n.inputs.values()) <= seen
+        seen.add(k)
+    assert [len(w) for w in waves] == [2, 3, 10, 6]
+
+
+def test_render_mentions_status():
+    plan = build_plan(loads(BASE))
+    first = next(iter(plan.nodes))
+    out = plan.render({first})
+    assert "done" in out and "todo" in out and "done 1/21" in out
+    assert "d_det[attack.eps=0.5]" in out and "data=d_det[attack.eps=1.0]" in out
+    assert "edges" in out and "evaluate 7" in out
+    assert CODE_VERSION == "1"

@@ -1,0 +1,97 @@
+"""sweeper on a real local Ray head (`ray start --head`), with token authentication left on."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from sweeper.cli import main
+from sweeper.plan import build_plan
+from sweeper.spec import load
+from sweeper.store import Store
+
+pytestmark = pytest.mark.ray
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+SMALL = """
+name: small
+seed: 0
+data: {dataset: fashion_mnist, test_size: 200}
+run: {store: STORE, shard_size: 100, synthesis_actors: 2, cpus_per_trial: 1, max_concurrent_trials: 2}
+stages:
+  std:
+    kind: train
+    arch: small_cnn
+    train_size: 600
+    train: &t {epochs: 2, batch_size: 128, optimizer: sgd, lr: 0.05, schedule: cosine}
+  d_det: {kind: synthesize, from: std, method: relabel, size: 300, targets: deterministic,
+          attack: {norm: l2, eps: 2.0, steps: 4, step_size: 0.5}}
+  train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}
+  probe: {kind: transfer, from: d_det, models: [std]}
+  eval: {kind: evaluate, from: [std, train_d_det], attacks: [{norm: l2, eps: 1.0, steps: 3}]}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real Ray head on loopback; usage stats off; token authentication as Ray configures it by default."""
+    port = _free_port()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
+                        "--dashboard-host=127.0.0.1", "--disable-usage-stats", "--include-dashboard=false"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    yield f"127.0.0.1:{port}"
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _write(tmp_path, name):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(SMALL.replace("STORE", str(tmp_path / name)))
+    return p
+
+
+def _results(path):
+    plan = build_plan(load(path))
+    store = Store(load(path).run.store)
+    out = {}
+    for key, node in plan.nodes.items():
+        assert store.is_done(key, verify=True), node.label
+        m = store.load_meta(key)
+        if node.kind == "evaluate":
+            out[node.label + key] = (m["clean_acc"], [r["acc"] for r in m["robust"]])
+        if node.kind == "transfer":
+            out[node.label] = (m["target_rate"], m["original_rate"])
+        if node.kind == "synthesize":
+            out[node.label] = m["hit_rate"]
+    return plan, out
+
+
+def test_sweep_on_ray_head_matches_local_run(ray_head, tmp_path, capsys):
+    local = _write(tmp_path, "local")
+    assert main(["run", str(local), "--threads", "1", "--no-report"]) == 0
+    remote = _write(tmp_path, "remote")
+    assert main(["run", str(remote), "--address", ray_head, "--no-report"]) == 0
+    plan_l, res_l = _results(local)
+    plan_r, res_r = _results(remote)
+    assert set(plan_l.nodes) == set(plan_r.nodes)
+    assert res_l == res_r
+    # shards are written once each, with the same bytes as the local run's
+    for node in plan_r.nodes.values():
+        if node.kind == "synthesize":
+            sl, sr = Store(str(tmp_path / "local")), Store(str(tmp_path / "remote"))
+            assert sl.shard_indices(node.key) == sr.shard_indices(node.key) == {0, 1, 2}
+            tl, tr = sl.load_tensors(node.key), sr.load_tensors(node.key)
+            assert all((tl[k] == tr[k]).all() for k in tl)
+    capsys.readouterr()
+    assert main(["run", str(remote), "--address", ray_head, "--no-report"]) == 0
+    assert "ran 0 nodes" in capsys.readouterr().out
