@@ -127,16 +127,20 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
             if not todo:
                 continue
             log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
-            for node in [n for n in todo if n.kind == "synthesize"]:
-                if pool is None:
-                    pool = ShardPool(store, data_spec, seed, actors=int(run.synthesis_actors),
-                                     cpus_per_actor=float(run.cpus_per_trial),
-                                     gpus_per_actor=_synth_gpus(run), threads=int(max(1, run.cpus_per_trial)))
+            synth = [n for n in todo if n.kind == "synthesize"]
+            if synth:  # the pool lives for one wave: its actors hold CPUs/GPUs that Tune trials need next
+                pool = ShardPool(store, data_spec, seed, actors=int(run.synthesis_actors),
+                                 cpus_per_actor=float(run.cpus_per_trial),
+                                 gpus_per_actor=_synth_gpus(run), threads=int(max(1, run.cpus_per_trial)))
+            for node in synth:
                 t0 = time.time()
                 with tracking.tracked(plan, node, store, wandb_mode) as wb:
                     meta = synthesize_on_pool(pool, node, data_spec, seed, store, int(run.shard_size),
                                               on_shard=lambda m: wb.log(_shard_metrics(m)))
                 log(f"  synthesize {node.label}: {meta['n']} images in {time.time() - t0:.1f} s")
+            if pool is not None:
+                pool.shutdown()
+                pool = None
             trials = [n for n in todo if n.kind in ("train", "evaluate")]
             if trials:
                 t0 = time.time()

@@ -1,0 +1,131 @@
+"""The `ray up` path: `sweeper validate-cluster` offline, and `sweeper submit` to a real local head's Jobs API."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeper.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = (ROOT / "cluster.yaml").read_text()
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def _variant(tmp_path, text):
+    p = tmp_path / "cluster.yaml"
+    p.write_text(text)
+    return p
+
+
+def _validate(path, capsys):
+    rc = main(["validate-cluster", str(path)])
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_shipped_cluster_is_valid(capsys):
+    rc, out = _validate(ROOT / "cluster.yaml", capsys)
+    assert rc == 0 and "valid" in out
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("idle_timeout_minutes: 10", "idle_timeout_minute: 10", "idle_timeout_minute"),
+    ("head_node_type: head", "head_node_type: hed", "head_node_type: 'hed' is not one of available_node_types"),
+    ("resources: {GPU: 1}", "resources: {GPU: 0.5}",
+     "available_node_types.gpu_spot.resources.GPU: 0.5 is not an integer"),
+    ("  - python3 -m pip install -q -e /home/ubuntu/sweeper\n", "", "setup_commands: no command installs sweeper"),
+])
+def test_broken_variants_refused(tmp_path, capsys, old, new, expected):
+    assert old in SHIPPED
+    text = SHIPPED.replace(old, new)
+    rc, out = _validate(_variant(tmp_path, text), capsys)
+    assert rc == 1, out
+    assert expected in out, out
+    assert out.startswith(str(tmp_path / "cluster.yaml") + ": ")
+    assert "Traceback" not in out
+
+
+def test_typo_key_names_the_key(tmp_path, capsys):
+    rc, out = _validate(_variant(tmp_path, SHIPPED.replace("max_workers: 8\nidle", "max_worker: 8\nidle")), capsys)
+    assert rc == 1 and "cluster.yaml: max_worker: Ray's schema: Additional properties are not allowed" in out, out
+
+
+def test_workers_need_shared_store(tmp_path, capsys):
+    text = "\n".join(line for line in SHIPPED.splitlines() if "s3://" not in line)
+    rc, out = _validate(_variant(tmp_path, text), capsys)
+    assert rc == 1 and "the artifact store must be shared storage (s3://, gs://)" in out, out
+    # no workers at all: no shared store needed (but then no GPU worker type either)
+    text = text.replace("max_workers: 8\n    resources", "max_workers: 0\n    resources").replace(
+        "max_workers: 2", "max_workers: 0")
+    rc, out = _validate(_variant(tmp_path, text), capsys)
+    assert "shared storage" not in out, out
+
+
+def test_yaml_error(tmp_path, capsys):
+    rc, out = _validate(_variant(tmp_path, "cluster_name: [x\n"), capsys)
+    assert rc == 1 and "YAML syntax error" in out
+
+
+# ---------------------------------------------------------------- a real head with the Jobs API
+SMALL = """
+name: small
+seed: 0
+data: {dataset: fashion_mnist, test_size: 200}
+run: {store: STORE, shard_size: 100, synthesis_actors: 2, cpus_per_trial: 1, max_concurrent_trials: 2}
+stages:
+  std:
+    kind: train
+    arch: small_cnn
+    train_size: 600
+    train: &t {epochs: 2, batch_size: 128, optimizer: sgd, lr: 0.05, schedule: cosine}
+  d_det: {kind: synthesize, from: std, method: relabel, size: 300, targets: deterministic,
+          attack: {norm: l2, eps: 2.0, steps: 4, step_size: 0.5}}
+  train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}
+  probe: {kind: transfer, from: d_det, models: [std]}
+  eval: {kind: evaluate, from: [std, train_d_det], attacks: [{norm: l2, eps: 1.0, steps: 3}]}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
+    port, dash = _free_port(), _free_port()
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{bindir}:{os.environ.get('PATH', '')}")
+    r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
+                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
+                       env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    try:
+        # the sweep file must live in the uploaded project dir; the store is an absolute path outside it
+        monkeypatch.chdir(ROOT)
+        sub = ROOT / ".sweeper-submit"
+        sub.mkdir(exist_ok=True)
+        sweep = sub / f"test-small-{os.getpid()}.yaml"
+        store = tmp_path / "store"
+        sweep.write_text(SMALL.replace("STORE", str(store)))
+        try:
+            rc = main(["submit", str(sweep.relative_to(ROOT)), "--address", f"http://127.0.0.1:{dash}", "--wait",
+                       "--set", "stages.eval.attacks=[{norm: l2, eps: 0.5, steps: 2}]"])
+        finally:
+            sweep.unlink()
+        out = capsys.readouterr()
+        assert rc == 0, out.err[-4000:]
+        job = out.out.strip().splitlines()[-1]
+        assert job.startswith("sweeper-small-")
+        assert main(["status", job, "--address", f"http://127.0.0.1:{dash}"]) == 0
+        assert capsys.readouterr().out.strip() == "SUCCEEDED"
+        rows = json.loads((store / "reports" / "small" / "results.json").read_text())
+        assert len(rows) == 2 and all("clean_acc" in json.dumps(r) for r in rows), rows
+        assert '"eps": 0.5' in json.dumps(rows) or "0.5" in json.dumps(rows)
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
