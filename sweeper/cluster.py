@@ -150,6 +150,7 @@ def _token() -> Optional[str]:
 def _client(address: str):
     """A JobSubmissionClient that sends the cluster token explicitly when one is available (RAY_AUTH_TOKEN,
     RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): Ray only adds it itself when this process runs in token mode."""
+    import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -159,16 +160,21 @@ def _client(address: str):
         return JobSubmissionClient(address, headers=headers)
     except AuthenticationError:
         raise ClusterError(f"{address}: {AUTH_HELP}") from None
-    except ConnectionError as exc:
+    except (ConnectionError, requests.ConnectionError) as exc:
         raise ClusterError(f"cannot reach the Ray dashboard at {address} ({str(exc).splitlines()[0]}); is the "
                            "cluster up and the port forwarded (`ray dashboard cluster.yaml`)?") from None
 
 
-def _call(address: str, fn):
+def _call(address: str, fn, retry_connection: bool = False):
+    import requests
     from ray.exceptions import AuthenticationError
 
     try:
         return fn(_client(address))
+    except requests.ConnectionError as exc:
+        if retry_connection:
+            raise
+        raise ClusterError(f"{address}: connection lost ({str(exc).splitlines()[0]}); try again") from None
     except AuthenticationError:
         raise ClusterError(f"{address}: {AUTH_HELP}") from None
     except RuntimeError as exc:  # unknown job id and other server-side refusals
@@ -219,11 +225,20 @@ def submit(sweep_file: str | os.PathLike, address: str, *, overrides: Optional[d
         env["WANDB_MODE"] = wandb
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    job_id = f"sweeper-{sweep.name}-{digest}-{time.strftime('%Y%m%d-%H%M%S')}"
+    job_id = f"sweeper-{sweep.name}-{digest}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env}
+    import requests
     import shlex
-    _call(address, lambda c: c.submit_job(entrypoint=shlex.join(cmd), submission_id=job_id,
-                                          runtime_env=runtime_env))
+
+    for attempt in range(4):  # a just-started dashboard can drop the package upload
+        try:
+            _call(address, lambda c: c.submit_job(entrypoint=shlex.join(cmd), submission_id=job_id,
+                                                  runtime_env=runtime_env), retry_connection=True)
+            break
+        except requests.ConnectionError as exc:
+            if attempt == 3:
+                raise ClusterError(f"cannot submit to {address}: {str(exc).splitlines()[0]}") from None
+            time.sleep(2 * (attempt + 1))
     if wait:
         globals()["wait"](address, job_id, timeout)
     return job_id

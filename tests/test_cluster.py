@@ -1,9 +1,11 @@
 """The `ray up` path: `sweeper validate-cluster` offline, and `sweeper submit` to a real local head's Jobs API."""
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,16 +98,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_dashboard(url, token, timeout=60):
+    import requests
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if requests.get(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"dashboard at {url} not ready after {timeout} s")
+
+
 @pytest.mark.ray
 def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
+    """Token authentication on: in Ray 2.60 `ray start --head` turns it on when a token exists (or with
+    RAY_AUTH_MODE=token); it does not create one. The token lives in a temp file, not ~/.ray/auth_token."""
     port, dash = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{dash}"
     bindir = os.path.dirname(sys.executable)
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{bindir}:{os.environ.get('PATH', '')}")
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{bindir}:{os.environ.get('PATH', '')}",
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+    env.pop("RAY_AUTH_TOKEN", None)
     r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
                         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
                        env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     try:
+        _wait_dashboard(url, token_file.read_text())
+        # without the token: refused with a message that says how to fix it
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+        assert main(["status", "nosuchjob", "--address", url]) == 4
+        assert "export RAY_AUTH_TOKEN=" in capsys.readouterr().err
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
         # the sweep file must live in the uploaded project dir; the store is an absolute path outside it
         monkeypatch.chdir(ROOT)
         sub = ROOT / ".sweeper-submit"
@@ -113,19 +143,28 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
         sweep = sub / f"test-small-{os.getpid()}.yaml"
         store = tmp_path / "store"
         sweep.write_text(SMALL.replace("STORE", str(store)))
+        override = ["--set", "stages.eval.attacks=[{norm: l2, eps: 0.5, steps: 2}]"]
         try:
-            rc = main(["submit", str(sweep.relative_to(ROOT)), "--address", f"http://127.0.0.1:{dash}", "--wait",
-                       "--set", "stages.eval.attacks=[{norm: l2, eps: 0.5, steps: 2}]"])
+            t0 = time.time()
+            rc = main(["submit", str(sweep.relative_to(ROOT)), "--address", url, "--wait", *override])
+            out = capsys.readouterr()
+            assert rc == 0, out.err[-4000:]
+            print(f"first job: {time.time() - t0:.0f} s", file=sys.stderr)
+            job = out.out.strip().splitlines()[-1]
+            assert job.startswith("sweeper-small-")
+            assert main(["status", job, "--address", url]) == 0
+            assert capsys.readouterr().out.strip() == "SUCCEEDED"
+            rows = json.loads((store / "reports" / "small" / "results.json").read_text())
+            assert len(rows) == 2, rows
+            assert "0.5" in json.dumps(rows)  # the --set override reached the job
+            # resubmitting the same sweep resumes: everything is in the store, so the job runs no node
+            assert main(["submit", str(sweep.relative_to(ROOT)), "--address", url, "--wait", *override]) == 0
+            job2 = capsys.readouterr().out.strip().splitlines()[-1]
+            assert job2 != job
+            assert main(["logs", job2, "--address", url]) == 0
+            assert "ran 0 nodes" in capsys.readouterr().out
         finally:
             sweep.unlink()
-        out = capsys.readouterr()
-        assert rc == 0, out.err[-4000:]
-        job = out.out.strip().splitlines()[-1]
-        assert job.startswith("sweeper-small-")
-        assert main(["status", job, "--address", f"http://127.0.0.1:{dash}"]) == 0
-        assert capsys.readouterr().out.strip() == "SUCCEEDED"
-        rows = json.loads((store / "reports" / "small" / "results.json").read_text())
-        assert len(rows) == 2 and all("clean_acc" in json.dumps(r) for r in rows), rows
-        assert '"eps": 0.5' in json.dumps(rows) or "0.5" in json.dumps(rows)
+            (sub / "small.yaml").unlink(missing_ok=True)
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -95,3 +95,45 @@ def test_sweep_on_ray_head_matches_local_run(ray_head, tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(remote), "--address", ray_head, "--no-report"]) == 0
     assert "ran 0 nodes" in capsys.readouterr().out
+
+
+def test_actor_killed_during_synthesis_costs_only_its_shard(ray_head, tmp_path):
+    import ray
+
+    from sweeper import stages
+    from sweeper.shards import ShardPool, synthesize_on_pool
+
+    ref_file = _write(tmp_path, "ref")
+    assert main(["run", str(ref_file), "--threads", "1", "--no-report"]) == 0
+    plan = build_plan(load(ref_file))
+    synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
+    source = plan.nodes[synth.inputs["source"]]
+    ref = Store(str(tmp_path / "ref"))
+
+    store = Store(str(tmp_path / "killed"))  # same source model, fresh synthesis
+    store.save(source.key, meta=ref.load_meta(source.key), tensors=ref.load_tensors(source.key))
+    data_spec = plan.sweep.data.model_dump()
+    ray.init(address=ray_head, log_to_driver=False)
+    try:
+        pool = ShardPool(store, data_spec, 0, actors=2, cpus_per_actor=1, threads=1, max_retries=2)
+        killed = []
+
+        def kill_other(meta):
+            if not killed:  # the first finished shard: kill every actor; the pool must replace them
+                for a in list(pool.actors):
+                    ray.kill(a, no_restart=True)
+                killed.append(meta["index"])
+
+        meta = synthesize_on_pool(pool, synth, data_spec, 0, store, 100, on_shard=kill_other)
+        pool.shutdown()
+    finally:
+        ray.shutdown()
+    assert killed and meta["n"] == 300
+    assert store.shard_indices(synth.key) == {0, 1, 2}
+    got, want = store.load_tensors(synth.key), ref.load_tensors(synth.key)
+    assert set(got) == set(want) and all(torch_equal(got[k], want[k]) for k in got)
+    assert store.load_meta(synth.key)["hit_rate"] == ref.load_meta(synth.key)["hit_rate"]
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
