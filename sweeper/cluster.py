@@ -214,6 +214,11 @@ def submit(sweep_file: str | os.PathLike, address: str, *, overrides: Optional[d
         rel = out.relative_to(root)
     else:
         sweep = validate(raw, source=str(sweep_file))
+    eff = store or sweep.run.store
+    if "://" not in eff and not os.path.isabs(os.path.expanduser(eff)):
+        raise ClusterError(f"{sweep_file}: run.store is the relative path {eff!r}, which the job would resolve "
+                           "inside its temporary copy of the project (and lose); pass --store s3://bucket/store "
+                           "(or an absolute path on a single-node cluster)")
     cmd = ["python", "-m", "sweeper.cli", "run", rel.as_posix(), "--address", "auto"]
     if store:
         cmd += ["--store", store]
