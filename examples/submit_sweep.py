@@ -46,7 +46,8 @@ def main() -> int:
     if not rows:
         print("no evaluation rows")
         return 0
-    cols = [c for c in ("label", "set", "train_set", "arch", "eps", "clean_acc") if c in rows[0]] or list(rows[0])[:6]
+    cols = [c for c in ("model_label", "train_set", "target_arch", "synth_eps", "clean_acc", "shifted_acc",
+                        "worst_acc") if c in rows[0]] or list(rows[0])[:6]
     print("\t".join(cols))
     for r in rows:
         print("\t".join(f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))

@@ -87,7 +87,10 @@ def _cmd_run(args) -> int:
     print(f"sweep {plan.sweep.name}: ran {counts['ran']} nodes, skipped {counts['skipped']} already done "
           f"({counts['total']} in the plan) in {time.time() - t0:.0f} s; store: {store.path()}")
     if not args.no_report:
+        from .tracking import log_report
+
         _print_written(write_report(plan, store))
+        log_report(plan, store, mode)
     return 0
 
 

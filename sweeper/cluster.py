@@ -231,22 +231,48 @@ def submit(sweep_file: str | os.PathLike, address: str, *, overrides: Optional[d
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     job_id = f"sweeper-{sweep.name}-{digest}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-    runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env}
-    import requests
+    runtime_env = {"working_dir": str(root), "excludes": _excludes(root), "env_vars": env}
     import shlex
+
+    # Ray's packaging honours .gitignore, which may list .sweeper-submit/: package with Ray's .gitignore handling
+    # off and the project's top-level .gitignore rules (minus .sweeper-submit) in `excludes` instead.
+    saved = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE")
+    os.environ["RAY_RUNTIME_ENV_IGNORE_GITIGNORE"] = "1"
+    try:
+        _submit_retrying(address, shlex.join(cmd), job_id, runtime_env)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", None)
+        else:
+            os.environ["RAY_RUNTIME_ENV_IGNORE_GITIGNORE"] = saved
+    if wait:
+        globals()["wait"](address, job_id, timeout)
+    return job_id
+
+
+def _excludes(root: Path) -> list[str]:
+    out = list(EXCLUDES)
+    try:
+        lines = (root / ".gitignore").read_text().splitlines()
+    except OSError:
+        lines = []
+    out += [ln.strip() for ln in lines
+            if ln.strip() and not ln.lstrip().startswith("#") and SUBMIT_DIR not in ln and not ln.startswith("!")]
+    return out
+
+
+def _submit_retrying(address: str, entrypoint: str, job_id: str, runtime_env: dict) -> None:
+    import requests
 
     for attempt in range(4):  # a just-started dashboard can drop the package upload
         try:
-            _call(address, lambda c: c.submit_job(entrypoint=shlex.join(cmd), submission_id=job_id,
+            _call(address, lambda c: c.submit_job(entrypoint=entrypoint, submission_id=job_id,
                                                   runtime_env=runtime_env), retry_connection=True)
             break
         except requests.ConnectionError as exc:
             if attempt == 3:
                 raise ClusterError(f"cannot submit to {address}: {str(exc).splitlines()[0]}") from None
             time.sleep(2 * (attempt + 1))
-    if wait:
-        globals()["wait"](address, job_id, timeout)
-    return job_id
 
 
 def status(address: str, job_id: str) -> str:

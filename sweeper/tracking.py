@@ -167,3 +167,34 @@ def read_offline_run(path: str) -> dict:
             for item in rec.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out
+
+
+def log_report(plan, store, mode: str | None = None) -> None:
+    """One run per sweep holding the results table and the report's figures (Table 1 / Figure 2 analogues)."""
+    m = resolve_mode(mode)
+    if m == "disabled":
+        return
+    from .report import build_rows
+
+    rows = build_rows(plan, store)
+    if not rows:
+        return
+    try:
+        import wandb
+
+        root = store.local_path("wandb") or os.path.join(os.getcwd(), "wandb-runs")
+        os.makedirs(root, exist_ok=True)
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sweeper"), dir=root, mode=m,
+                         id=f"{plan.sweep.name}-report", name=f"{plan.sweep.name} report", group=plan.sweep.name,
+                         job_type="report", config={"sweep": plan.sweep.name, "kind": "report"},
+                         reinit="create_new", resume="allow", settings=wandb.Settings(console="off", silent=True))
+        cols = sorted({c for r in rows for c in r})
+        run.log({"results": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+        base = f"reports/{plan.sweep.name}"
+        for name in ("figure2.png", "table1.png", "figure3.png"):
+            path = store.local_path(base, name)
+            if path and os.path.exists(path):
+                run.log({name[:-4]: wandb.Image(path)})
+        run.finish()
+    except Exception as e:  # the report files in the store are the results; W&B is a copy
+        _warn(f"W&B report run failed ({e!r}); the report in the store is complete")

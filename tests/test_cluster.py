@@ -156,7 +156,7 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
             assert capsys.readouterr().out.strip() == "SUCCEEDED"
             rows = json.loads((store / "reports" / "small" / "results.json").read_text())
             assert len(rows) == 2, rows
-            assert "0.5" in json.dumps(rows)  # the --set override reached the job
+            assert all("robust_acc[l2 eps=0.5 steps=2]" in r for r in rows), rows[0]  # --set reached the job
             # resubmitting the same sweep resumes: everything is in the store, so the job runs no node
             assert main(["submit", str(sweep.relative_to(ROOT)), "--address", url, "--wait", *override]) == 0
             job2 = capsys.readouterr().out.strip().splitlines()[-1]
@@ -166,5 +166,7 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
         finally:
             sweep.unlink()
             (sub / "small.yaml").unlink(missing_ok=True)
+            if not any(sub.iterdir()):
+                sub.rmdir()
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
