@@ -2,7 +2,6 @@
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.cli import main
+from sweeps import SMALL, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = (ROOT / "cluster.yaml").read_text()
@@ -73,29 +73,6 @@ def test_yaml_error(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- a real head with the Jobs API
-SMALL = """
-name: small
-seed: 0
-data: {dataset: fashion_mnist, test_size: 200}
-run: {store: STORE, shard_size: 100, synthesis_actors: 2, cpus_per_trial: 1, max_concurrent_trials: 2}
-stages:
-  std:
-    kind: train
-    arch: small_cnn
-    train_size: 600
-    train: &t {epochs: 2, batch_size: 128, optimizer: sgd, lr: 0.05, schedule: cosine}
-  d_det: {kind: synthesize, from: std, method: relabel, size: 300, targets: deterministic,
-          attack: {norm: l2, eps: 2.0, steps: 4, step_size: 0.5}}
-  train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}
-  probe: {kind: transfer, from: d_det, models: [std]}
-  eval: {kind: evaluate, from: [std, train_d_det], attacks: [{norm: l2, eps: 1.0, steps: 3}]}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_dashboard(url, token, timeout=60):
@@ -116,7 +93,7 @@ def _wait_dashboard(url, token, timeout=60):
 def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
     """Token authentication on: in Ray 2.60 `ray start --head` turns it on when a token exists (or with
     RAY_AUTH_MODE=token); it does not create one. The token lives in a temp file, not ~/.ray/auth_token."""
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     url = f"http://127.0.0.1:{dash}"
     bindir = os.path.dirname(sys.executable)
     token_file = tmp_path / "auth_token"

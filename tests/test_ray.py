@@ -1,14 +1,14 @@
-"""sweeper on a real local Ray head (`ray start --head`), with token authentication left on."""
+"""sweeper on a real local Ray head (`ray start --head`; Ray 2.60 leaves token auth off for it by default)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from sweeper.cli import main
+from sweeps import SMALL, free_port
 from sweeper.plan import build_plan
 from sweeper.spec import load
 from sweeper.store import Store
@@ -16,35 +16,11 @@ from sweeper.store import Store
 pytestmark = pytest.mark.ray
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
-SMALL = """
-name: small
-seed: 0
-data: {dataset: fashion_mnist, test_size: 200}
-run: {store: STORE, shard_size: 100, synthesis_actors: 2, cpus_per_trial: 1, max_concurrent_trials: 2}
-stages:
-  std:
-    kind: train
-    arch: small_cnn
-    train_size: 600
-    train: &t {epochs: 2, batch_size: 128, optimizer: sgd, lr: 0.05, schedule: cosine}
-  d_det: {kind: synthesize, from: std, method: relabel, size: 300, targets: deterministic,
-          attack: {norm: l2, eps: 2.0, steps: 4, step_size: 0.5}}
-  train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}
-  probe: {kind: transfer, from: d_det, models: [std]}
-  eval: {kind: evaluate, from: [std, train_d_det], attacks: [{norm: l2, eps: 1.0, steps: 3}]}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A real Ray head on loopback; usage stats off; token authentication as Ray configures it by default."""
-    port = _free_port()
+    """A real Ray head on loopback, usage stats off, authentication as Ray 2.60 configures it by default (off)."""
+    port = free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
                         "--dashboard-host=127.0.0.1", "--disable-usage-stats", "--include-dashboard=false"],
