@@ -28,14 +28,15 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("file", help="a sweep file, e.g. search_spaces/fmnist_demo.yaml")
         s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
         if name == "run":
-            s.add_argument("--threads", type=int, default=None, help="torch threads in this process (local)")
-            s.add_argument("--executor", choices=["local", "ray"], default=None,
-                           help="local: one process; ray: actor-pool synthesis and Tune trials (default: "
-                                "ray when --address is given, else local)")
+            s.add_argument("--address", default=None,
+                           help="join a running Ray cluster ('auto' or HOST:PORT); default: RAY_ADDRESS if set, "
+                                "else a local Ray that sweeper starts and stops")
+            s.add_argument("--executor", choices=["ray", "local"], default="ray",
+                           help="ray (default): synthesis shards on Ray actors, training and evaluation as Ray "
+                                "Tune trials; local: everything in this process, for debugging (no Ray)")
+            s.add_argument("--threads", type=int, default=None, help="torch threads (--executor local only)")
             s.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None,
                            help="W&B mode (default: run.wandb of the file, then WANDB_MODE, then offline)")
-            s.add_argument("--address", default=None,
-                           help="join a running Ray cluster ('auto' or HOST:PORT) instead of starting one")
             s.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     s = sub.add_parser("validate-cluster", help="check a Ray cluster launcher file (cluster.yaml) offline")
     s.add_argument("file", help="e.g. cluster.yaml")
@@ -80,7 +81,7 @@ def _cmd_run(args) -> int:
     _, plan, store = _load(args)
     t0 = time.time()
     mode = args.wandb or os.environ.get("WANDB_MODE") or plan.sweep.run.wandb
-    if (args.executor or ("ray" if args.address else "local")) == "ray":
+    if args.executor == "ray":
         counts = run_plan_ray(plan, store, address=args.address, wandb_mode=mode)
     else:
         counts = run_plan(plan, store, threads=args.threads, wandb_mode=mode)
@@ -175,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataNotFoundError
     from .spec import SpecError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.executor == "local" and args.address:
+        parser.error("--executor local runs everything in this process; it cannot take --address")
     handler = {"plan": _cmd_plan, "run": _cmd_run, "report": _cmd_report,
                "validate-cluster": _cmd_validate_cluster, "submit": _cmd_submit, "status": _cmd_status,
                "logs": _cmd_logs}[args.command]
@@ -191,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweeper: {e}", file=sys.stderr)
         return 2
     except Exception as e:
+        if type(e).__name__ in ("ShardFailed", "TrialsFailed"):  # work failed after its retries
+            print(f"sweeper: {e}\nsweeper: finished work is kept in the store; run the same command again to "
+                  "resume", file=sys.stderr)
+            return 5
         if type(e).__name__ == "ClusterError" or (isinstance(e, ValueError) and args.command == "submit"):
             print(f"sweeper: {e}", file=sys.stderr)
             return 4

@@ -95,12 +95,20 @@ def eval_metrics(meta: dict) -> dict:
     return out
 
 
+def local_address() -> str:
+    """Where `sweeper run` without --address runs: RAY_ADDRESS when set (as in a Ray job), else a new local Ray."""
+    import os
+
+    return os.environ.get("RAY_ADDRESS") or "local"
+
+
 def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: Log = _default_log,
                  num_cpus: int | None = None, wandb_mode: str | None = None) -> dict:
     """Execute the plan on Ray, wave by wave: synthesis on an actor pool, train/evaluate as Tune trials.
 
-    ``address=None`` starts a local Ray in this process; ``"auto"`` or ``"HOST:PORT"`` joins a running cluster.
-    Transfer probes are cheap forward passes and run in the driver.
+    ``address=None`` starts a private local Ray in this process (or joins RAY_ADDRESS when set);
+    ``"auto"`` or ``"HOST:PORT"`` joins a running cluster. Transfer probes are cheap forward passes and run
+    in the driver. Progress bars show shards and epochs on a terminal; elsewhere one line per finished unit.
     """
     import os
 
@@ -113,11 +121,18 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
 
     sweep, run = plan.sweep, plan.sweep.run
     data_spec, seed = sweep.data.model_dump(), int(sweep.seed)
+    quiet = not sys.stderr.isatty()
     store.clean_tmp()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+        address = address or local_address()
+        local = address == "local"
+        ray.init(address=address, num_cpus=num_cpus if local else None, include_dashboard=False,
+                 object_store_memory=(512 << 20) if local else None,  # tensors go through the store, not Ray
                  log_to_driver=False, configure_logging=False)
+        res = ray.cluster_resources()
+        log(f"Ray: {'local, started by sweeper' if local else address}; {res.get('CPU', 0):g} CPU, "
+            f"{res.get('GPU', 0):g} GPU, {len([n for n in ray.nodes() if n['Alive']])} node(s)")
     pool = None
     ran = skipped = 0
     try:
@@ -130,27 +145,36 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
             synth = [n for n in todo if n.kind == "synthesize"]
             if synth:  # the pool lives for one wave: its actors hold CPUs/GPUs that Tune trials need next
                 pool = ShardPool(store, data_spec, seed, actors=int(run.synthesis_actors),
-                                 cpus_per_actor=float(run.cpus_per_trial),
-                                 gpus_per_actor=_synth_gpus(run), threads=int(max(1, run.cpus_per_trial)))
+                                 cpus_per_actor=float(run.cpus_per_trial), gpus_per_actor=_synth_gpus(run),
+                                 threads=int(max(1, run.cpus_per_trial)), log=log)
             for node in synth:
                 t0 = time.time()
+                n = len(stages.synth_inputs(node, data_spec, seed)[1])
+                bar = tqdm(total=n, desc=f"  {node.label}", unit="img", disable=quiet, leave=False)
                 with tracking.tracked(plan, node, store, wandb_mode) as wb:
                     meta = synthesize_on_pool(pool, node, data_spec, seed, store, int(run.shard_size),
-                                              on_shard=lambda m: wb.log(_shard_metrics(m)))
-                log(f"  synthesize {node.label}: {meta['n']} images in {time.time() - t0:.1f} s")
+                                              on_shard=lambda m: (bar.update(m["n"]), wb.log(_shard_metrics(m))))
+                bar.close()
+                dt = time.time() - t0
+                log(f"  synthesize {node.label}: {meta['n']} images, {meta['shards']} shards in {dt:.1f} s "
+                    f"({meta['n'] / max(dt, 1e-9):.0f} img/s)")
             if pool is not None:
+                if pool.replaced:
+                    log(f"  {pool.replaced} synthesis actor(s) were lost and replaced; their shards were retried")
                 pool.shutdown()
                 pool = None
             trials = [n for n in todo if n.kind in ("train", "evaluate")]
             if trials:
                 t0 = time.time()
-                run_trials(trials, plan=plan, store=store, run_spec=run, wandb_mode=wandb_mode)
-                log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s: "
-                    + ", ".join(n.label for n in trials))
+                run_trials(trials, plan=plan, store=store, run_spec=run, wandb_mode=wandb_mode, log=log,
+                           quiet=quiet)
+                log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s")
             for node in [n for n in todo if n.kind == "transfer"]:
                 with tracking.tracked(plan, node, store, wandb_mode) as wb:
                     m = stages.run_transfer(node, data_spec, seed, store)
                     wb.log({"target_rate": m["target_rate"], "original_rate": m["original_rate"]})
+                log(f"  transfer {node.label}: reads target {m['target_rate']:.3f}, original "
+                    f"{m['original_rate']:.3f}")
             ran += len(todo)
     finally:
         if pool is not None:

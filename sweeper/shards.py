@@ -50,14 +50,29 @@ class SynthesisWorker:
 
 
 class ShardPool:
-    """A fixed number of synthesis actors, replaced when they die."""
+    """A fixed number of synthesis actors; a dead one is replaced, and shards go only to actors that are up.
+
+    A replacement that cannot be placed (its node is gone and no other node has room) simply never receives
+    work: the surviving actors finish the node. Pool state lives across the synthesis nodes of one wave.
+    """
 
     def __init__(self, store: Store, data_spec: dict, sweep_seed: int, *, actors: int = 2,
-                 cpus_per_actor: float = 1, gpus_per_actor: float = 0, threads: int = 1, max_retries: int = 3):
+                 cpus_per_actor: float = 1, gpus_per_actor: float = 0, threads: int = 1, max_retries: int = 3,
+                 log: Callable[[str], None] | None = None):
         self._make = lambda: SynthesisWorker.options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor).remote(
             store.uri, data_spec, sweep_seed, threads)
         self.actors = [self._make() for _ in range(max(1, actors))]
+        self._starting = {a.__ray_ready__.remote(): slot for slot, a in enumerate(self.actors)}
+        self._free: list[int] = []
         self.max_retries = max_retries
+        self.replaced = 0
+        self._log = log or (lambda msg: None)
+        self._need = f"{cpus_per_actor:g} CPU" + (f" + {gpus_per_actor:g} GPU" if gpus_per_actor else "")
+
+    def _replace(self, slot: int) -> None:
+        self.actors[slot] = self._make()
+        self._starting[self.actors[slot].__ray_ready__.remote()] = slot
+        self.replaced += 1
 
     def run_node(self, node, n_images: int, shard_size: int,
                  on_shard: Callable[[dict], None] | None = None) -> list[dict]:
@@ -66,35 +81,52 @@ class ShardPool:
         attempts = {i: 0 for i, _ in todo}
         results: dict[int, dict] = {}
         running: dict = {}  # object ref -> (actor slot, shard)
-        free = list(range(len(self.actors)))
+        waited = 0.0
         while todo or running:
-            while todo and free:
-                slot = free.pop()
+            while todo and self._free:
+                slot = self._free.pop()
                 i, (a, b) = todo.pop(0)
                 attempts[i] += 1
                 running[self.actors[slot].run.remote(node, i, a, b)] = (slot, (i, (a, b)))
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=30)
+            if not ready:
+                waited += 30
+                if not running:
+                    self._log(f"  {node.label}: no synthesis actor is up after {waited:.0f} s; waiting for "
+                              f"a node with {self._need} free")
+                continue
             ref = ready[0]
+            if ref in self._starting:  # an actor came up (or failed to)
+                slot = self._starting.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    self._replace(slot)
+                else:
+                    self._free.append(slot)
+                continue
             slot, shard = running.pop(ref)
             try:
                 meta = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.NodeDiedError) as e:
-                self.actors[slot] = self._make()  # replace the dead actor; the shard goes back in the queue
-                self._retry(shard, attempts, todo, e)
+                self._replace(slot)  # the shard goes back in the queue; the new actor gets work once it is up
+                self._retry(node, shard, attempts, todo, e)
+                continue
             except ray.exceptions.RayTaskError as e:
-                self._retry(shard, attempts, todo, e)
+                self._retry(node, shard, attempts, todo, e)
             else:
                 results[shard[0]] = meta
                 if on_shard is not None:
                     on_shard(meta)
-            free.append(slot)
+            self._free.append(slot)
         return [results[i] for i in sorted(results)]
 
-    def _retry(self, shard, attempts: dict, todo: list, err: Exception) -> None:
+    def _retry(self, node, shard, attempts: dict, todo: list, err: Exception) -> None:
         i = shard[0]
         if attempts[i] > self.max_retries:
-            raise ShardFailed(f"shard {i} failed {attempts[i]} times; last error: {err}") from err
+            raise ShardFailed(f"{node.label}: shard {i} (images {shard[1][0]}-{shard[1][1]}) failed {attempts[i]} "
+                              f"times; last error: {err}") from err
         todo.insert(0, shard)
 
     def shutdown(self) -> None:

@@ -50,8 +50,50 @@ def gpus_for(arch: str, gpus_per_trial) -> float:
     return float(gpus_per_trial or 0)
 
 
-def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | None = None, callbacks=None) -> None:
-    """Run ``nodes`` (train/evaluate) as one Tune experiment; raises if any trial finally failed."""
+class TrialsFailed(RuntimeError):
+    """Some trials failed after their retries; what finished is in the store and a re-run resumes."""
+
+
+class Progress(tune.Callback):
+    """Epochs done across the wave's trials: a bar on a terminal, one line per finished trial elsewhere."""
+
+    def __init__(self, nodes: list, log, quiet: bool):
+        from tqdm import tqdm
+
+        self.by_key = {n.key: n for n in nodes}
+        total = sum(int(n.params["train"]["epochs"]) if n.kind == "train" else 1 for n in nodes)
+        self.bar = tqdm(total=total, desc="  trials", unit="epoch", disable=quiet, leave=False)
+        self.log = log
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" in result or "clean_acc" in result:
+            self.bar.update(1)
+            node = self.by_key.get(trial.config.get("key"))
+            if node is not None and "test_acc" in result:
+                self.bar.set_postfix_str(f"{node.label} epoch {result['epoch']} test {result['test_acc']:.3f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        node = self.by_key.get(trial.config.get("key"))
+        r = trial.last_result or {}
+        if node is None:
+            return
+        what = (f"test acc {r['test_acc']:.3f}" if "test_acc" in r else
+                f"clean {r['clean_acc']:.3f} " + " ".join(f"{k[7:]} {v:.3f}" for k, v in r.items()
+                                                           if k.startswith("robust/"))
+                if "clean_acc" in r else "already done")
+        line = f"  {node.kind} {node.label}: {what}"
+        if self.bar.disable:
+            self.log(line)
+        else:
+            self.bar.write(line)
+
+    def close(self):
+        self.bar.close()
+
+
+def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | None = None, callbacks=None,
+               log=None, quiet: bool = True) -> None:
+    """Run ``nodes`` (train/evaluate) as one Tune experiment; raises TrialsFailed if any trial finally failed."""
     by_key = {n.key: n for n in nodes}
     sweep = plan.sweep
     cpus = float(run_spec.cpus_per_trial)
@@ -64,6 +106,7 @@ def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | N
     trainable = tune.with_parameters(_trial, plan=plan, store_uri=store.uri, threads=int(max(1, cpus)),
                                      wandb_mode=wandb_mode)
     trainable = tune.with_resources(trainable, resources)
+    progress = Progress(nodes, log or print, quiet)
     digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:8]
     tuner = tune.Tuner(
         trainable,
@@ -72,14 +115,18 @@ def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | N
         run_config=tune.RunConfig(
             name=f"{sweep.name}-{digest}", storage_path=store.path("tune"),
             failure_config=tune.FailureConfig(max_failures=int(run_spec.max_failures)),
-            callbacks=callbacks or [], verbose=0),
+            callbacks=[progress, *(callbacks or [])], verbose=0),
     )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        progress.close()
     failed = [(r.config.get("key") if r.config else "?", r.error) for r in results if r.error]
     if failed:
         labels = ", ".join(f"{by_key[k].label if k in by_key else k}: {e}" for k, e in failed[:3])
-        raise RuntimeError(f"{len(failed)} Tune trial(s) failed after {run_spec.max_failures} retries: {labels}. "
+        raise TrialsFailed(f"{len(failed)} Tune trial(s) failed after {run_spec.max_failures} retries: {labels}. "
                            "Run the same command again to resume.")
 
 
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the driver prints its own progress; no Tune tables
