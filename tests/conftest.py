@@ -1,9 +1,21 @@
 import os
+import secrets
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray token authentication, handled explicitly: every Ray the tests start (sweeper's own local Ray, `ray start`
+# heads and worker nodes) runs in token mode with one token in a temp file, so nothing reads or writes
+# ~/.ray/auth_token (Ray 2.60 creates that file on a plain ray.init() and then turns auth on for `ray start`).
+_TOKEN_DIR = tempfile.mkdtemp(prefix="sweeper-test-ray-")
+with open(os.path.join(_TOKEN_DIR, "auth_token"), "w") as _f:
+    _f.write(secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_TOKEN_DIR, "auth_token")
+os.environ.pop("RAY_AUTH_TOKEN", None)
+os.environ.pop("RAY_ADDRESS", None)  # `sweeper run` in the tests starts its own local Ray unless told otherwise
 os.environ["WANDB_MODE"] = "disabled"  # the W&B tests turn it on with --wandb offline
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,5 +1,9 @@
-"""Small sweep files and helpers shared by the tests that start a real Ray head."""
+"""Small sweep files and a real multi-node Ray cluster on this machine, shared by the Ray tests."""
+import os
+import signal
 import socket
+import subprocess
+import sys
 
 SMALL = """
 name: small
@@ -19,8 +23,92 @@ stages:
   eval: {kind: evaluate, from: [std, train_d_det], attacks: [{norm: l2, eps: 1.0, steps: 3}]}
 """
 
+# The same pipeline with a synthesis node long enough (24 shards) to be interrupted in the middle.
+SLOW = (SMALL.replace("shard_size: 100", "shard_size: 50")
+        .replace("size: 300, targets", "size: 1200, targets").replace("steps: 4, step_size", "steps: 10, step_size"))
+
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_sweep(tmp_path, name: str, text: str = SMALL):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text.replace("STORE", str(tmp_path / name)))
+    return p
+
+
+def results_of(path) -> dict:
+    """Every node done (checksums verified); the numbers a report is made of, by node label."""
+    from sweeper.plan import build_plan
+    from sweeper.spec import load
+    from sweeper.store import Store
+
+    plan = build_plan(load(path))
+    store = Store(load(path).run.store)
+    out = {}
+    for key, node in plan.nodes.items():
+        assert store.is_done(key, verify=True), node.label
+        m = store.load_meta(key)
+        if node.kind == "evaluate":
+            out[node.label + "/" + plan.nodes[node.inputs["model"]].label] = (
+                m["clean_acc"], [r["acc"] for r in m["robust"]])
+        elif node.kind == "transfer":
+            out[node.label] = (m["target_rate"], m["original_rate"])
+        elif node.kind == "synthesize":
+            t = store.load_tensors(key)
+            out[node.label] = (m["hit_rate"], {k: v.tolist() for k, v in t.items()})
+        elif node.kind == "train":
+            out[node.label] = [round(r["train_loss"], 6) for r in m["history"]]
+    return out
+
+
+class RayCluster:
+    """A real Ray cluster from `ray start`: a head and optional worker nodes, all on loopback, token auth as
+    the environment sets it (the test conftest turns token mode on with a temp token file)."""
+
+    def __init__(self):
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        self.address = None
+
+    def _ray(self, *args) -> None:
+        r = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, f"ray {' '.join(args)}: {r.stderr[-3000:]}"
+
+    def start_head(self, num_cpus: int) -> str:
+        port = free_port()
+        self._ray("start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+                  "--include-dashboard=false", "--disable-usage-stats")
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    def add_node(self, num_cpus: int) -> int:
+        """A second raylet on this machine joined to the head; returns its node-manager port (its handle)."""
+        port = free_port()
+        self._ray("start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+                  f"--node-manager-port={port}", "--disable-usage-stats")
+        return port
+
+    def kill_node(self, port: int) -> int:
+        """SIGKILL a worker node's raylet and every process under it (its workers, its agents), as when a
+        machine disappears. Returns how many processes were killed."""
+        import psutil
+
+        raylets = [p for p in psutil.process_iter(["cmdline"])
+                   if any(a == f"--node_manager_port={port}" for a in (p.info["cmdline"] or []))
+                   and "raylet" in " ".join(p.info["cmdline"][:1])]
+        assert len(raylets) == 1, f"expected one raylet on port {port}, found {len(raylets)}"
+        victims = raylets[0].children(recursive=True) + raylets
+        for p in victims:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        return len(victims)
+
+    def stop(self) -> None:
+        subprocess.run([RAY, "stop", "--force"], env=self.env, capture_output=True, timeout=180)

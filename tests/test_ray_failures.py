@@ -1,0 +1,115 @@
+"""Failures on a real multi-node Ray cluster (`ray start`): the driver SIGKILLed mid-sweep, a worker node lost
+mid-synthesis. Both must finish with exactly the results of an undisturbed run, writing no finished work twice."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from sweeper.cli import main
+from sweeper.plan import build_plan
+from sweeper.spec import load
+from sweeper.store import Store
+from sweeps import SLOW, RayCluster, results_of, write_sweep
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    """Results of the SLOW sweep run in one process, undisturbed."""
+    path = write_sweep(tmp_path_factory.mktemp("undisturbed"), "ref", SLOW)
+    assert main(["run", str(path), "--executor", "local", "--threads", "1", "--no-report"]) == 0
+    return results_of(path)
+
+
+@pytest.fixture
+def cluster():
+    c = RayCluster()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _synth(path):
+    plan = build_plan(load(path))
+    return plan, next(n for n in plan.nodes.values() if n.kind == "synthesize"), Store(load(path).run.store)
+
+
+def _stats(root) -> dict:
+    """(inode, mtime) of every file under a directory: a file written again gets a new inode."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            st = os.stat(os.path.join(d, f))
+            out[os.path.join(d, f)] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def test_driver_sigkill_then_same_command_resumes(cluster, undisturbed, tmp_path, capsys):
+    address = cluster.start_head(num_cpus=2)
+    path = write_sweep(tmp_path, "killed", SLOW)
+    plan, synth, store = _synth(path)
+    cmd = [sys.executable, "-m", "sweeper.cli", "run", str(path), "--address", address, "--no-report"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while len(store.shard_indices(synth.key)) < 3:  # in the middle of the synthesis node (24 shards)
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended before it could be killed:\n{proc.stdout.read()[-3000:]}")
+        assert time.time() < deadline, "no shard written in 300 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    time.sleep(2)  # let Ray reap the dead driver's actors; a shard they finish meanwhile is kept, not redone
+    shards_before = store.shard_indices(synth.key)
+    assert 3 <= len(shards_before) < 24, shards_before
+    done_before = [k for k in plan.nodes if store.is_done(k)]
+    assert plan.nodes[synth.inputs["source"]].key in done_before  # the source model finished before the kill
+    files_before = {**_stats(store.path("shards", synth.key))}
+    for k in done_before:
+        files_before.update(_stats(store.path("nodes", k)))
+
+    capsys.readouterr()
+    assert main(["run", str(path), "--address", address, "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert f"ran {len(plan.nodes) - len(done_before)} nodes, skipped {len(done_before)}" in out
+    assert store.shard_indices(synth.key) == set(range(24))
+    files_after = _stats(store.path("shards", synth.key))
+    for k in done_before:
+        files_after.update(_stats(store.path("nodes", k)))
+    rewritten = [f for f, st in files_before.items() if files_after.get(f) != st]
+    assert not rewritten, f"finished work was written again: {rewritten[:5]}"
+    assert results_of(path) == undisturbed
+
+
+def test_worker_node_lost_mid_synthesis(cluster, undisturbed, tmp_path, capsys):
+    """Head and a second node with one CPU each: the pool's two actors sit one per node. The second node is
+    SIGKILLed (raylet and all its processes) in the middle of synthesis; the sweep completes on the head."""
+    address = cluster.start_head(num_cpus=1)
+    node_port = cluster.add_node(num_cpus=1)
+    path = write_sweep(tmp_path, "nodelost", SLOW)
+    plan, synth, store = _synth(path)
+    killed = []
+
+    def kill_when_midway():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if len(store.shard_indices(synth.key)) >= 3:
+                killed.append(cluster.kill_node(node_port))
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_when_midway, daemon=True)
+    watcher.start()
+    assert main(["run", str(path), "--address", address, "--no-report"]) == 0
+    watcher.join(timeout=5)
+    out = capsys.readouterr().out
+    assert killed and killed[0] >= 2, killed  # the raylet and at least one worker process
+    assert "2 node(s)" in out
+    assert "were lost and replaced" in out, out[-3000:]
+    assert store.shard_indices(synth.key) == set(range(24))
+    assert results_of(path) == undisturbed
