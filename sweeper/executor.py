@@ -54,7 +54,7 @@ def _run_node(plan: Plan, node, store: Store, wb, quiet: bool) -> str:
     if node.kind == "train":
         bar = tqdm(total=int(node.params["train"]["epochs"]), desc=node.label, unit="epoch",
                    disable=quiet, leave=False)
-        meta = stages.run_train(node, data_spec, seed, store,
+        meta = stages.run_train(node, data_spec, seed, store, curve=plan.robust_curve(node),
                                 on_epoch=lambda row: (bar.update(1), wb.log(row, step=row["epoch"]),
                                                       bar.set_postfix(loss=f"{row['train_loss']:.3f}",
                                                                       test=f"{row['test_acc']:.3f}")))

@@ -44,6 +44,27 @@ class Plan:
     sweep: Sweep
     nodes: dict[str, Node] = field(default_factory=dict)  # topological order
 
+    def robust_curve(self, node) -> dict | None:
+        """How a training node measures robust accuracy during training (``run.robust_curve``), or None.
+
+        {"size", "every", "attack"}: the attack is the sweep's evaluation attack for this model (the first
+        attack of the evaluate node that scores it, else of any evaluate node), unless the file names one.
+        """
+        rc = self.sweep.run.robust_curve
+        if node.kind != "train" or rc.size == 0:
+            return None
+        if rc.attack != "auto":
+            attack = rc.attack.model_dump()
+        else:
+            evals = [n for n in self.nodes.values() if n.kind == "evaluate" and n.params.get("attacks")]
+            mine = [n for n in evals if n.inputs.get("model") == node.key]
+            if not (mine or evals):
+                return None
+            attack = dict((mine or evals)[0].params["attacks"][0])
+        epochs = int(node.params["train"]["epochs"])
+        every = max(1, -(-epochs // 10)) if rc.every == "auto" else int(rc.every)
+        return {"size": int(rc.size), "every": every, "attack": attack}
+
     def depths(self) -> dict[str, int]:
         d: dict[str, int] = {}
         for k, n in self.nodes.items():  # inputs come first

@@ -72,6 +72,7 @@ class RunSpec(_Strict):
     shard_size: int = Field(500, ge=1)
     max_failures: int = Field(2, ge=0)
     wandb: Literal["offline", "online", "disabled"] = "offline"
+    robust_curve: "RobustCurveSpec" = Field(default_factory=lambda: RobustCurveSpec())
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -124,6 +125,25 @@ class AttackSpec(_Strict):
     @classmethod
     def _fraction(cls, v):
         return parse_fraction(v)
+
+
+class RobustCurveSpec(_Strict):
+    """Robust accuracy during training, on the first ``size`` images of the sweep's test subset (0: off).
+    ``attack: auto`` takes the first attack of the evaluate stage that scores the model; ``every: auto``
+    gives at most 10 points per run (always including the last epoch)."""
+    size: int = Field(100, ge=0)
+    every: Union[Literal["auto"], int] = "auto"
+    attack: Union[Literal["auto"], AttackSpec] = "auto"
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("every must be 'auto' or a number of epochs >= 1")
+        return v
+
+
+RunSpec.model_rebuild()
 
 
 class InversionSpec(_Strict):

@@ -99,8 +99,13 @@ def _ckpt_path(key: str) -> str:
 
 
 def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
-              on_epoch: EpochCallback | None = None) -> dict:
-    """Train a model (standard or adversarial) on real data or on a synthesized set; resumable per epoch."""
+              on_epoch: EpochCallback | None = None, curve: dict | None = None) -> dict:
+    """Train a model (standard or adversarial) on real data or on a synthesized set; resumable per epoch.
+
+    Every epoch scores the first HISTORY_TEST_SIZE test images; with ``curve`` (see Plan.robust_curve) the
+    first ``curve["size"]`` of them are also attacked every ``curve["every"]`` epochs and at the last one
+    (``robust_acc`` in the epoch's row; its own seeded generator, so training itself is unchanged).
+    """
     p = node.params
     t0 = time.time()
     train_ds = load_split(data_spec, "train")
@@ -124,12 +129,18 @@ def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
         trainer.load_state_dict(state["trainer"])
         history = state["history_rows"]
     x_te, y_te = test_set(data_spec, sweep_seed)
+    curve_attack = attack_config(curve["attack"]) if curve else None
+    x_cu, y_cu = (x_te[:curve["size"]], y_te[:curve["size"]]) if curve else (None, None)
     x_te, y_te = x_te[:HISTORY_TEST_SIZE], y_te[:HISTORY_TEST_SIZE]
     while trainer.epoch < cfg.epochs:
         row = trainer.run_epoch()
         model.eval()
         with torch.no_grad():
             row["test_acc"] = float((model(x_te).argmax(1) == y_te).float().mean())
+        if curve_attack is not None and (trainer.epoch % curve["every"] == 0 or trainer.epoch == cfg.epochs):
+            gen = torch.Generator().manual_seed(seed_for(sweep_seed, node.key, "curve", trainer.epoch))
+            res = evaluate(model, x_cu, y_cu, {"curve": curve_attack}, bounds=train_ds.bounds, generator=gen)
+            row["robust_acc"] = res.robust_acc["curve"]
         history.append(row)
         buf = io.BytesIO()
         torch.save({"trainer": trainer.state_dict(), "history_rows": history}, buf)
@@ -140,6 +151,8 @@ def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"kind": "train", "key": node.key, "label": node.label, "arch": p["arch"], "n_train": int(len(y)),
             "history": history, "test_acc": history[-1]["test_acc"] if history else None,
+            "robust_curve": ({"attack": curve_attack.name(), "size": int(len(y_cu)), "every": curve["every"]}
+                             if curve_attack is not None else None),
             "params": p, "inputs": node.inputs, "wall_s": time.time() - t0, "provenance": provenance()}
     store.save(node.key, meta=meta, tensors=state)
     store.delete(ckpt)

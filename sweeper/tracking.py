@@ -21,8 +21,9 @@ MODES = ("offline", "online", "disabled")
 class NodeRun:
     """A thin, failure-proof handle: every call after a W&B error becomes a no-op."""
 
-    def __init__(self, run):
+    def __init__(self, run, error: str | None = None):
         self.run = run
+        self.error = error  # the first W&B failure of this run, if any (trials report it to the driver)
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         if self.run is None:
@@ -30,7 +31,8 @@ class NodeRun:
         try:
             self.run.log(metrics, step=step)
         except Exception as e:  # W&B must never stop a sweep; the error is reported, not hidden
-            _warn(f"W&B log failed ({e!r}); continuing without W&B for this run")
+            self.error = f"W&B log failed ({e!r}); continuing without W&B for this run"
+            _warn(self.error)
             self.run = None
 
     def finish(self) -> None:
@@ -64,6 +66,9 @@ def node_config(plan, node) -> dict:
     cfg = {"sweep": plan.sweep.name, "stage": node.stage, "kind": node.kind, "key": node.key,
            "label": node.label, "dataset": plan.sweep.data.dataset, "params": node.params, "point": node.point,
            "inputs": node.inputs}
+    cfg["seed"] = node.params.get("seed", plan.sweep.seed)
+    if node.kind == "train" and plan.robust_curve(node):
+        cfg["robust_curve"] = plan.robust_curve(node)
     model = node if node.kind == "train" else plan.nodes.get(node.inputs.get("model", ""))
     if model is not None and model.kind == "train":
         cfg.update(train_set=train_set_kind(plan, model), arch=model.params["arch"])
@@ -95,8 +100,9 @@ def open_run(plan, node, store, mode: str | None = None) -> NodeRun:
                          resume="allow", settings=wandb.Settings(console="off", silent=True))
         return NodeRun(run)
     except Exception as e:
-        _warn(f"W&B could not start ({e!r}); the sweep goes on without it")
-        return NodeRun(None)
+        msg = f"W&B could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); the sweep goes on without it"
+        _warn(msg)
+        return NodeRun(None, error=msg)
 
 
 @contextmanager

@@ -33,13 +33,13 @@ def _trial(config: dict, plan, store_uri: str, threads: int, wandb_mode: str | N
             def on_epoch(row: dict) -> None:
                 row = {k: v for k, v in row.items() if isinstance(v, (int, float))}
                 wb.log(row, step=int(row["epoch"]))
-                tune.report(row)
+                tune.report({**row, **({"wandb_error": wb.error} if wb.error else {})})
 
-            stages.run_train(node, data_spec, sweep_seed, store, on_epoch=on_epoch)
+            stages.run_train(node, data_spec, sweep_seed, store, on_epoch=on_epoch, curve=plan.robust_curve(node))
         elif node.kind == "evaluate":
             metrics = eval_metrics(stages.run_evaluate(node, data_spec, sweep_seed, store))
             wb.log(metrics)
-            tune.report(metrics)
+            tune.report({**metrics, **({"wandb_error": wb.error} if wb.error else {})})
         else:
             raise ValueError(f"node {node.label}: kind {node.kind} does not run as a Tune trial")
 
@@ -64,11 +64,15 @@ class Progress(tune.Callback):
         total = sum(int(n.params["train"]["epochs"]) if n.kind == "train" else 1 for n in nodes)
         self.bar = tqdm(total=total, desc="  trials", unit="epoch", disable=quiet, leave=False)
         self.log = log
+        self.wandb_warned: set[str] = set()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        node = self.by_key.get(trial.config.get("key"))
+        if result.get("wandb_error") and node is not None and node.key not in self.wandb_warned:
+            self.wandb_warned.add(node.key)  # a trial's stderr stays in its worker log; say it here
+            self._line(f"  sweeper: warning: {node.label}: {result['wandb_error']}")
         if "epoch" in result or "clean_acc" in result:
             self.bar.update(1)
-            node = self.by_key.get(trial.config.get("key"))
             if node is not None and "test_acc" in result:
                 self.bar.set_postfix_str(f"{node.label} epoch {result['epoch']} test {result['test_acc']:.3f}")
 
@@ -77,11 +81,14 @@ class Progress(tune.Callback):
         r = trial.last_result or {}
         if node is None:
             return
-        what = (f"test acc {r['test_acc']:.3f}" if "test_acc" in r else
+        curve = f", robust {r['robust_acc']:.3f} (curve subset)" if "robust_acc" in r else ""
+        what = (f"test acc {r['test_acc']:.3f}{curve}" if "test_acc" in r else
                 f"clean {r['clean_acc']:.3f} " + " ".join(f"{k[7:]} {v:.3f}" for k, v in r.items()
                                                            if k.startswith("robust/"))
                 if "clean_acc" in r else "already done")
-        line = f"  {node.kind} {node.label}: {what}"
+        self._line(f"  {node.kind} {node.label}: {what}")
+
+    def _line(self, line: str) -> None:
         if self.bar.disable:
             self.log(line)
         else:
