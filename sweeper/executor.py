@@ -95,6 +95,26 @@ def eval_metrics(meta: dict) -> dict:
     return out
 
 
+class ShardProgress:
+    """Shards done / total and images/s: a bar on a terminal, a line at every quarter in a log."""
+
+    def __init__(self, label: str, n_images: int, shard_size: int, quiet: bool, log: Log):
+        self.label, self.total, self.quiet, self.log = label, -(-n_images // shard_size), quiet, log
+        self.bar = tqdm(total=n_images, desc=f"  {label}", unit="img", disable=quiet, leave=False)
+        self.done, self.images, self.t0 = 0, 0, time.time()
+
+    def __call__(self, meta: dict) -> None:
+        self.bar.update(meta["n"])
+        self.done += 1
+        self.images += meta["n"]
+        if self.quiet and self.done < self.total and self.done % max(1, self.total // 4) == 0:
+            rate = self.images / max(time.time() - self.t0, 1e-9)
+            self.log(f"  {self.label}: {self.done}/{self.total} shards, {rate:.0f} img/s")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def local_address() -> str:
     """Where `sweeper run` without --address runs: RAY_ADDRESS when set (as in a Ray job), else a new local Ray."""
     import os
@@ -144,17 +164,17 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
             log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
             synth = [n for n in todo if n.kind == "synthesize"]
             if synth:  # the pool lives for one wave: its actors hold CPUs/GPUs that Tune trials need next
-                pool = ShardPool(store, data_spec, seed, actors=int(run.synthesis_actors),
+                pool = ShardPool(store, data_spec, seed, actors=synthesis_actors(run, ray.cluster_resources()),
                                  cpus_per_actor=float(run.cpus_per_trial), gpus_per_actor=_synth_gpus(run),
                                  threads=int(max(1, run.cpus_per_trial)), log=log)
             for node in synth:
                 t0 = time.time()
                 n = len(stages.synth_inputs(node, data_spec, seed)[1])
-                bar = tqdm(total=n, desc=f"  {node.label}", unit="img", disable=quiet, leave=False)
+                progress = ShardProgress(node.label, n, int(run.shard_size), quiet, log)
                 with tracking.tracked(plan, node, store, wandb_mode) as wb:
                     meta = synthesize_on_pool(pool, node, data_spec, seed, store, int(run.shard_size),
-                                              on_shard=lambda m: (bar.update(m["n"]), wb.log(_shard_metrics(m))))
-                bar.close()
+                                              on_shard=lambda m: (progress(m), wb.log(_shard_metrics(m))))
+                progress.close()
                 dt = time.time() - t0
                 log(f"  synthesize {node.label}: {meta['n']} images, {meta['shards']} shards in {dt:.1f} s "
                     f"({meta['n'] / max(dt, 1e-9):.0f} img/s)")
@@ -182,6 +202,17 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
         if started:
             ray.shutdown()
     return {"ran": ran, "skipped": skipped, "total": len(plan.nodes)}
+
+
+def synthesis_actors(run, resources: dict) -> int:
+    """``run.synthesis_actors``, or for ``auto`` as many actors as the cluster's GPUs (when synthesis uses
+    GPUs) or CPUs hold right now. An autoscaling cluster that starts with no workers needs a number instead."""
+    if run.synthesis_actors != "auto":
+        return int(run.synthesis_actors)
+    gpus = _synth_gpus(run)
+    if gpus > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus))
+    return max(1, int(resources.get("CPU", 1) // float(run.cpus_per_trial)))
 
 
 def _synth_gpus(run) -> float:

@@ -68,11 +68,18 @@ class RunSpec(_Strict):
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: Union[float, dict[str, float]] = 0
-    synthesis_actors: int = Field(2, ge=1)
+    synthesis_actors: Union[Literal["auto"], int] = "auto"  # auto: one per GPU (or per cpus_per_trial CPUs)
     shard_size: int = Field(500, ge=1)
     max_failures: int = Field(2, ge=0)
     wandb: Literal["offline", "online", "disabled"] = "offline"
     robust_curve: "RobustCurveSpec" = Field(default_factory=lambda: RobustCurveSpec())
+
+    @field_validator("synthesis_actors")
+    @classmethod
+    def _actors(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("synthesis_actors must be 'auto' or a number >= 1")
+        return v
 
     @field_validator("gpus_per_trial")
     @classmethod
