@@ -42,6 +42,8 @@ demo: setup data
 bench: setup data
 	$(BIN)/python benchmarks/bench_pgd.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_shards.py
+	$(BIN)/python benchmarks/bench_tune.py
 
 clean:
 	rm -rf store build *.egg-info .pytest_cache

@@ -1,13 +1,14 @@
 """sweeper's Ray Tune overhead: N training trials through Tune against the same training function in a loop.
 
 Each trial trains small_cnn on M Fashion-MNIST images for E epochs (robust curve off, so only training is
-timed). Measured in one run, every configuration on a fresh store:
+timed). Measured in one run, every configuration on a fresh store, in the order A B C D D C B A (the mean of
+the two runs of each is reported, so a machine that slows down or speeds up during the run is evened out):
 
-  loop-1   stages.run_train N times in this process, 1 torch thread
-  tune-1   the same N nodes as one Tune experiment, 1 trial at a time, 1 CPU and 1 thread per trial
-  tune-2   2 concurrent trials, 1 CPU and 1 thread each (what `sweeper run` does on this 2-core machine)
-  loop-2   the loop with 2 torch threads (what one would run without Ray)
-  tiny     N one-epoch, 200-image trials, Tune vs loop: the per-trial fixed cost
+  A loop-1   stages.run_train N times in this process, 1 torch thread
+  B tune-1   the same N nodes as one Tune experiment, 1 trial at a time, 1 CPU and 1 thread per trial
+  C tune-2   2 concurrent trials, 1 CPU and 1 thread each (what `sweeper run` does on this 2-core machine)
+  D loop-2   the loop with 2 torch threads (what one would run without Ray)
+  tiny       N one-epoch, 200-image trials, Tune vs loop: the per-trial fixed cost
 
 `ray.init` is timed on its own (sweeper pays it once per `sweeper run`).
 
@@ -74,15 +75,17 @@ def main() -> None:
     n, m, e = args.trials, args.images, args.epochs
     stages.load_split({"dataset": "fashion_mnist"}, "train")  # the loop's data load is not timed; Tune's is
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=256 << 20)
     init_s = time.perf_counter() - t0
     try:
-        w = {}
-        w["loop-1"] = run_loop(n, m, e, 1)
-        w["tune-1"] = run_tune(n, m, e, 1)
-        w["tune-2"] = run_tune(n, m, e, 2)
-        w["loop-2"] = run_loop(n, m, e, 2)
+        runs = {"loop-1": lambda: run_loop(n, m, e, 1), "tune-1": lambda: run_tune(n, m, e, 1),
+                "tune-2": lambda: run_tune(n, m, e, 2), "loop-2": lambda: run_loop(n, m, e, 2)}
+        walls: dict[str, list[float]] = {k: [] for k in runs}
+        for k in ["loop-1", "tune-1", "tune-2", "loop-2", "loop-2", "tune-2", "tune-1", "loop-1"]:  # drift cancels
+            walls[k].append(runs[k]())
+            print(f"  {k}: {walls[k][-1]:.1f} s", flush=True)
+        w = {k: sum(v) / len(v) for k, v in walls.items()}
         w["tiny-loop"] = run_loop(n, 200, 1, 1)
         w["tiny-tune"] = run_tune(n, 200, 1, 1)
     finally:

@@ -136,7 +136,6 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from .shards import ShardPool, synthesize_on_pool
     from .tuning import run_trials
 
     sweep, run = plan.sweep, plan.sweep.run
@@ -153,7 +152,6 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
         res = ray.cluster_resources()
         log(f"Ray: {'local, started by sweeper' if local else address}; {res.get('CPU', 0):g} CPU, "
             f"{res.get('GPU', 0):g} GPU, {len([n for n in ray.nodes() if n['Alive']])} node(s)")
-    pool = None
     ran = skipped = 0
     try:
         for depth, wave in enumerate(plan.waves()):
@@ -163,26 +161,8 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
                 continue
             log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
             synth = [n for n in todo if n.kind == "synthesize"]
-            if synth:  # the pool lives for one wave: its actors hold CPUs/GPUs that Tune trials need next
-                pool = ShardPool(store, data_spec, seed, actors=synthesis_actors(run, ray.cluster_resources()),
-                                 cpus_per_actor=float(run.cpus_per_trial), gpus_per_actor=_synth_gpus(run),
-                                 threads=int(max(1, run.cpus_per_trial)), log=log)
-            for node in synth:
-                t0 = time.time()
-                n = len(stages.synth_inputs(node, data_spec, seed)[1])
-                progress = ShardProgress(node.label, n, int(run.shard_size), quiet, log)
-                with tracking.tracked(plan, node, store, wandb_mode) as wb:
-                    meta = synthesize_on_pool(pool, node, data_spec, seed, store, int(run.shard_size),
-                                              on_shard=lambda m: (progress(m), wb.log(_shard_metrics(m))))
-                progress.close()
-                dt = time.time() - t0
-                log(f"  synthesize {node.label}: {meta['n']} images, {meta['shards']} shards in {dt:.1f} s "
-                    f"({meta['n'] / max(dt, 1e-9):.0f} img/s)")
-            if pool is not None:
-                if pool.replaced:
-                    log(f"  {pool.replaced} synthesis actor(s) were lost and replaced; their shards were retried")
-                pool.shutdown()
-                pool = None
+            if synth:
+                _synthesize_wave(plan, synth, store, wandb_mode, log, quiet)
             trials = [n for n in todo if n.kind in ("train", "evaluate")]
             if trials:
                 t0 = time.time()
@@ -197,11 +177,38 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
                     f"{m['original_rate']:.3f}")
             ran += len(todo)
     finally:
-        if pool is not None:
-            pool.shutdown()
         if started:
             ray.shutdown()
     return {"ran": ran, "skipped": skipped, "total": len(plan.nodes)}
+
+
+def _synthesize_wave(plan: Plan, nodes: list, store: Store, wandb_mode: str | None, log: Log, quiet: bool) -> None:
+    """A wave's synthesis nodes on one actor pool. The pool lives for this wave only: its actors hold the
+    CPUs/GPUs that the wave's Tune trials need next."""
+    import ray
+
+    from .shards import ShardPool, synthesize_on_pool
+
+    run, data_spec, seed = plan.sweep.run, plan.sweep.data.model_dump(), int(plan.sweep.seed)
+    pool = ShardPool(store, data_spec, seed, actors=synthesis_actors(run, ray.cluster_resources()),
+                     cpus_per_actor=float(run.cpus_per_trial), gpus_per_actor=_synth_gpus(run),
+                     threads=int(max(1, run.cpus_per_trial)), log=log)
+    try:
+        for node in nodes:
+            t0 = time.time()
+            n = len(stages.synth_inputs(node, data_spec, seed)[1])
+            progress = ShardProgress(node.label, n, int(run.shard_size), quiet, log)
+            with tracking.tracked(plan, node, store, wandb_mode) as wb:
+                meta = synthesize_on_pool(pool, node, data_spec, seed, store, int(run.shard_size),
+                                          on_shard=lambda m: (progress(m), wb.log(_shard_metrics(m))))
+            progress.close()
+            dt = time.time() - t0
+            log(f"  synthesize {node.label}: {meta['n']} images, {meta['shards']} shards in {dt:.1f} s "
+                f"({meta['n'] / max(dt, 1e-9):.0f} img/s)")
+        if pool.replaced:
+            log(f"  {pool.replaced} synthesis actor(s) were lost and replaced; their shards were retried")
+    finally:
+        pool.shutdown()
 
 
 def synthesis_actors(run, resources: dict) -> int:

@@ -1,5 +1,4 @@
 """The plan: content keys, de-duplication, fan-out, waves; a pure function of the sweep file."""
-import pytest
 
 from sweeper.plan import CODE_VERSION, build_plan
 from sweeper.spec import loads

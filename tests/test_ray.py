@@ -1,9 +1,4 @@
 """sweeper on a real Ray head (`ray start --head` on loopback, token auth on with the tests' temp token)."""
-import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -14,7 +9,6 @@ from sweeper.spec import load
 from sweeper.store import Store
 
 pytestmark = pytest.mark.ray
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,6 @@ def test_sweep_on_ray_head_matches_default_run(ray_head, tmp_path, capsys):
 def test_actor_killed_during_synthesis_costs_only_its_shard(ray_head, tmp_path):
     import ray
 
-    from sweeper import stages
     from sweeper.shards import ShardPool, synthesize_on_pool
 
     ref_file = write_sweep(tmp_path, "ref")
