@@ -83,7 +83,7 @@ def _run_node(plan: Plan, node, store: Store, wb, quiet: bool) -> str:
 
 
 def _shard_metrics(m: dict) -> dict:
-    keys = ("index", "n", "images_per_s", "hit_rate", "mean_dist")
+    keys = ("index", "n", "images_per_s", "hit_rate", "attack_loss", "mean_dist")
     return {f"shard/{k}": m[k] for k in keys if k in m}
 
 

@@ -184,7 +184,7 @@ def run_shard(node, index: int, start: int, stop: int, model: torch.nn.Module, d
         out = relabel(model, x, y, policy=p["targets"], num_classes=ds.num_classes,
                       attack=attack_config(p["attack"]), bounds=ds.bounds, generator=gen)
         tensors = {"x": out["x"], "y": out["y"], "orig_y": out["orig_y"], "hit": out["hit"].to(torch.uint8)}
-        stats = {"hit_rate": float(out["hit"].float().mean())}
+        stats = {"hit_rate": float(out["hit"].float().mean()), "attack_loss": float(out["loss"].mean())}
     else:
         inv = p["inversion"]
         x0 = start_points(x_all, len(y), inv["start"], generator=gen,

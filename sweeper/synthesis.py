@@ -49,13 +49,16 @@ def relabel(model, x, y, *, policy, num_classes, attack: AttackConfig, bounds=(0
         attack (AttackConfig): the targeted attack (eps in pixel units).
 
     Returns:
-        {"x": x_adv, "y": targets, "orig_y": y, "hit": (N,) bool, model(x_adv).argmax == target (eval mode)}
+        {"x": x_adv, "y": targets, "orig_y": y, "hit": (N,) bool, model(x_adv).argmax == target (eval mode),
+         "loss": (N,) cross-entropy of model(x_adv) toward the target (what the attack minimised)}
     """
     targets = choose_targets(y, policy, num_classes, generator).to(x.device)
     x_adv = pgd(model, x, targets, attack, targeted=True, bounds=bounds, generator=generator)
     with eval_mode(model), torch.no_grad():
-        hit = model(x_adv).argmax(dim=1) == targets
-    return {"x": x_adv, "y": targets, "orig_y": torch.as_tensor(y).to(x.device), "hit": hit}
+        logits = model(x_adv)
+        hit = logits.argmax(dim=1) == targets
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return {"x": x_adv, "y": targets, "orig_y": torch.as_tensor(y).to(x.device), "hit": hit, "loss": loss}
 
 
 def start_points(x_pool, n, mode: str, generator=None, exclude: Tensor | None = None) -> Tensor:

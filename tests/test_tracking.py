@@ -61,7 +61,7 @@ def test_offline_runs_equal_store_metrics(sweep_file, tmp_path, monkeypatch):
             logged = sorted((h["shard/index"], h["shard/hit_rate"]) for h in run["history"])
             assert [i for i, _ in logged] == [m["index"] for m in meta["shard_meta"]] == [0, 1]
             assert [r for _, r in logged] == pytest.approx([m["hit_rate"] for m in meta["shard_meta"]])
-            assert all(h["shard/images_per_s"] > 0 for h in run["history"])
+            assert all(h["shard/images_per_s"] > 0 and h["shard/attack_loss"] > 0 for h in run["history"])
         elif node.kind == "evaluate":
             assert run["summary"]["clean_acc"] == pytest.approx(meta["clean_acc"])
             assert run["summary"]["robust/" + meta["robust"][0]["attack"]] == pytest.approx(meta["robust"][0]["acc"])
