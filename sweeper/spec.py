@@ -372,12 +372,25 @@ def _model_at(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
+def _clean_loc(loc) -> tuple:
+    """A pydantic error location without the union-member tags it inserts (``literal['auto']``, ``int``...)."""
+    tags = {"int", "float", "str", "bool", "list", "dict"}
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in tags or "[" in p or p[:1].isupper())))
+
+
 def _convert(err: ValidationError, model: type[BaseModel], file: str, prefix: str, note: str = "") -> SpecError:
     errs = err.errors()
     # a misspelt key also makes the real one "missing": report the misspelling, it carries the suggestion
-    e = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
-    loc = tuple(e["loc"])
+    # otherwise the most specific error: inside a union, the member that got furthest says what is wrong
+    deepest = max(errs, key=lambda x: len(_clean_loc(x["loc"])))
+    e = next((x for x in errs if x["type"] == "extra_forbidden"), deepest)
+    loc = _clean_loc(e["loc"])
     path = ".".join([prefix, *map(str, loc)] if prefix else map(str, loc))
+    alternatives = [x for x in errs if _clean_loc(x["loc"]) == loc and x["type"] != "extra_forbidden"]
+    if e["type"] != "extra_forbidden" and len(alternatives) > 1:  # a union: say every accepted form
+        wants = [x["msg"].removeprefix("Input should be ").split(",")[0] for x in alternatives]
+        got = f" (got {e['input']!r})" if "input" in e else ""
+        return SpecError(file, path, "expected " + " or ".join(dict.fromkeys(wants)) + got + note)
     if e["type"] == "extra_forbidden":
         holder = _model_at(model, loc)
         names = [(f.alias or n) for n, f in holder.model_fields.items()] if holder else []

@@ -121,3 +121,37 @@ def test_render_mentions_status():
     assert "d_det[attack.eps=0.5]" in out and "data=d_det[attack.eps=1.0]" in out
     assert "edges" in out and "evaluate 7" in out
     assert CODE_VERSION == "1"
+
+
+def test_robust_curve_uses_the_eval_attack_of_the_model_and_never_changes_keys():
+    plan = build_plan(loads(BASE))
+    std = next(n for n in plan.nodes.values() if n.stage == "std")
+    std_b = next(n for n in plan.nodes.values() if n.stage == "std_b")
+    curve = plan.robust_curve(std)
+    assert curve["size"] == 100 and curve["every"] == 1
+    assert (curve["attack"]["norm"], curve["attack"]["eps"], curve["attack"]["steps"]) == ("l2", 0.5, 2)
+    assert plan.robust_curve(std_b)["attack"] == curve["attack"]  # not evaluated: the sweep's eval attack
+    assert plan.robust_curve(next(n for n in plan.nodes.values() if n.kind == "evaluate")) is None
+    custom = BASE.replace("run: {store: ./store, max_concurrent_trials: 2}",
+                          "run: {store: ./store, robust_curve: {size: 50, every: 2, attack: {norm: linf, "
+                          "eps: 8/255, steps: 5}}}")
+    other = build_plan(loads(custom))
+    assert set(other.nodes) == set(plan.nodes)  # run settings are not part of any key
+    c = other.robust_curve(other.nodes[std.key])
+    assert c["size"] == 50 and c["every"] == 2 and c["attack"]["norm"] == "linf"
+    assert abs(c["attack"]["eps"] - 8 / 255) < 1e-12
+    off = build_plan(loads(BASE.replace("max_concurrent_trials: 2}", "robust_curve: {size: 0}}")))
+    assert off.robust_curve(off.nodes[std.key]) is None
+    long = build_plan(loads(BASE.replace("train: {epochs: 1, lr: 0.05}\n  std_b", "train: {epochs: 25, lr: 0.05}\n  std_b")))
+    assert next(long.robust_curve(n) for n in long.nodes.values() if n.stage == "std")["every"] == 3  # <= 10 points
+
+
+def test_synthesis_actors_auto_follows_the_cluster():
+    from sweeper.executor import synthesis_actors
+
+    run = loads(BASE).run
+    assert synthesis_actors(run, {"CPU": 8.0}) == 8
+    gpu = loads(BASE.replace("max_concurrent_trials: 2}", "gpus_per_trial: {default: 1, small_cnn: 0.5}}")).run
+    assert synthesis_actors(gpu, {"CPU": 16.0, "GPU": 4.0}) == 4
+    fixed = loads(BASE.replace("max_concurrent_trials: 2}", "synthesis_actors: 3}")).run
+    assert synthesis_actors(fixed, {"CPU": 64.0}) == 3

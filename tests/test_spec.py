@@ -200,3 +200,14 @@ def test_loads_source_name():
     with pytest.raises(SpecError) as ei:
         loads("name: x\ndata: {dataset: toy}\nstages: {a: {kind: nope}}", source="mine.yaml")
     assert str(ei.value) == "mine.yaml: stages.a.kind: expected one of train, synthesize, evaluate, transfer (got 'nope')"
+
+
+@pytest.mark.parametrize("run, where", [
+    ("{robust_curve: {size: -1}}", "run.robust_curve.size"),
+    ("{robust_curve: {every: 0}}", "run.robust_curve.every"),
+    ("{robust_curve: {attack: {norm: l3, eps: 0.5}}}", "run.robust_curve.attack"),
+    ("{synthesis_actors: 0}", "run.synthesis_actors"),
+])
+def test_bad_run_settings_name_the_key(tmp_path, run, where):
+    e = _err(tmp_path, VALID.replace("run: {store: ./store}", f"run: {run}"))
+    assert where in str(e), str(e)
