@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 SMALL = """
 name: small
@@ -71,18 +72,24 @@ class RayCluster:
     """A real Ray cluster from `ray start`: a head and optional worker nodes, all on loopback, token auth as
     the environment sets it (the test conftest turns token mode on with a temp token file)."""
 
-    def __init__(self):
-        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    def __init__(self, **env):
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **env)
         self.address = None
+        # its own temp dir (short: Ray's unix socket paths are limited), so that stop() can find this cluster's
+        # processes and leave any other Ray on the machine alone (`ray stop` would kill every one of them)
+        self.temp_dir = tempfile.mkdtemp(prefix="sweeper-rt-", dir="/tmp")
 
-    def _ray(self, *args) -> None:
-        r = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=180)
+    def _ray(self, *args, cwd=None) -> None:
+        r = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=180, cwd=cwd)
         assert r.returncode == 0, f"ray {' '.join(args)}: {r.stderr[-3000:]}"
 
-    def start_head(self, num_cpus: int) -> str:
+    def start_head(self, num_cpus: int, dashboard_port: int | None = None, cwd=None) -> str:
+        """The head; with ``dashboard_port`` it serves the dashboard and the Jobs API on 127.0.0.1."""
         port = free_port()
+        dash = ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1"] if dashboard_port
+                else ["--include-dashboard=false"])
         self._ray("start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-                  "--include-dashboard=false", "--disable-usage-stats")
+                  *dash, "--disable-usage-stats", f"--temp-dir={self.temp_dir}", cwd=cwd)
         self.address = f"127.0.0.1:{port}"
         return self.address
 
@@ -111,4 +118,46 @@ class RayCluster:
         return len(victims)
 
     def stop(self) -> None:
-        subprocess.run([RAY, "stop", "--force"], env=self.env, capture_output=True, timeout=180)
+        """Stop this cluster only: every process whose command line names its temp dir or its head's port
+        (GCS, raylets, agents, the client server), and everything under them."""
+        import psutil
+
+        if self.address is None:
+            return
+        port = self.address.rsplit(":", 1)[1]
+        mine = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid() and any(
+            self.temp_dir in a or a.endswith(f":{port}") for a in (p.info["cmdline"] or []))]
+        victims = {p.pid: p for p in mine}
+        for p in mine:
+            try:
+                victims.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+        for p in victims.values():
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(list(victims.values()), timeout=15)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.address = None
+
+
+# A source model that trains long enough (6 epochs on 2,000 images) to be killed in the middle, then the rest.
+LONG_TRAIN = """
+name: longtrain
+seed: 0
+data: {dataset: fashion_mnist, test_size: 200}
+run: {store: STORE, shard_size: 100, cpus_per_trial: 1, max_concurrent_trials: 2, max_failures: 2}
+stages:
+  std:
+    kind: train
+    arch: small_cnn
+    train_size: 2000
+    train: {epochs: 6, batch_size: 128, optimizer: sgd, lr: 0.05, schedule: cosine}
+  eval: {kind: evaluate, from: std, attacks: [{norm: l2, eps: 1.0, steps: 3}]}
+"""

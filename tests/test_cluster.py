@@ -2,7 +2,6 @@
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from sweeper.cli import main
-from sweeps import SMALL, free_port
+from sweeps import SMALL, RayCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = (ROOT / "cluster.yaml").read_text()
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
 def _variant(tmp_path, text):
@@ -93,18 +91,15 @@ def _wait_dashboard(url, token, timeout=60):
 def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
     """Token authentication on: in Ray 2.60 `ray start --head` turns it on when a token exists (or with
     RAY_AUTH_MODE=token); it does not create one. The token lives in a temp file, not ~/.ray/auth_token."""
-    port, dash = free_port(), free_port()
+    dash = free_port()
     url = f"http://127.0.0.1:{dash}"
     bindir = os.path.dirname(sys.executable)
     token_file = tmp_path / "auth_token"
     token_file.write_text(secrets.token_hex(32))
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{bindir}:{os.environ.get('PATH', '')}",
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
-    env.pop("RAY_AUTH_TOKEN", None)
-    r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
-                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
-                       env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-2000:]
+    cluster = RayCluster(PATH=f"{bindir}:{os.environ.get('PATH', '')}", RAY_AUTH_MODE="token",
+                         RAY_AUTH_TOKEN_PATH=str(token_file))
+    cluster.env.pop("RAY_AUTH_TOKEN", None)
+    cluster.start_head(num_cpus=2, dashboard_port=dash, cwd=ROOT)
     try:
         _wait_dashboard(url, token_file.read_text())
         # without the token: refused with a message that says how to fix it
@@ -146,4 +141,4 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
             if not any(sub.iterdir()):
                 sub.rmdir()
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        cluster.stop()

@@ -1,5 +1,7 @@
 """Failures on a real multi-node Ray cluster (`ray start`): the driver SIGKILLed mid-sweep, a worker node lost
 mid-synthesis. Both must finish with exactly the results of an undisturbed run, writing no finished work twice."""
+import glob
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +15,7 @@ from sweeper.cli import main
 from sweeper.plan import build_plan
 from sweeper.spec import load
 from sweeper.store import Store
-from sweeps import SLOW, RayCluster, results_of, write_sweep
+from sweeps import LONG_TRAIN, SLOW, RayCluster, results_of, write_sweep
 
 pytestmark = pytest.mark.ray
 
@@ -113,3 +115,43 @@ def test_worker_node_lost_mid_synthesis(cluster, undisturbed, tmp_path, capsys):
     assert "were lost and replaced" in out, out[-3000:]
     assert store.shard_indices(synth.key) == set(range(24))
     assert results_of(path) == undisturbed
+
+
+def test_trial_process_killed_mid_training_is_retried_from_its_checkpoint(cluster, tmp_path, capsys):
+    """The Tune trial's worker process is SIGKILLed after an epoch checkpoint: Tune's FailureConfig retries
+    the trial, which continues from the checkpoint (no epoch reported twice) and ends with the undisturbed
+    run's model."""
+    import psutil
+
+    ref = write_sweep(tmp_path, "ref", LONG_TRAIN)
+    assert main(["run", str(ref), "--executor", "local", "--threads", "1", "--no-report"]) == 0
+    address = cluster.start_head(num_cpus=2)
+    path = write_sweep(tmp_path, "killed", LONG_TRAIN)
+    plan = build_plan(load(path))
+    std = next(n for n in plan.nodes.values() if n.kind == "train")
+    store = Store(load(path).run.store)
+    killed = []
+
+    def kill_trial_after_a_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            if store.exists(f"checkpoints/{std.key}.pt"):
+                for p in psutil.process_iter(["cmdline"]):
+                    if "ray::ImplicitFunc" in " ".join(p.info["cmdline"] or []):
+                        p.kill()
+                        killed.append(p.pid)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_trial_after_a_checkpoint, daemon=True)
+    watcher.start()
+    assert main(["run", str(path), "--address", address, "--no-report"]) == 0
+    watcher.join(timeout=5)
+    assert killed, "no trial process was found to kill"
+    # Tune's own record of the trial: reported epochs never repeat, so the retry resumed from the checkpoint
+    rows = [json.loads(line) for f in glob.glob(store.path("tune", "*", "*", "result.json"))
+            for line in open(f) if '"epoch"' in line]
+    epochs = [r["epoch"] for r in rows]
+    assert epochs[-1] == 6 and len(epochs) == len(set(epochs)) and epochs == sorted(epochs), epochs
+    errors = [open(f).read() for f in glob.glob(store.path("tune", "*", "*", "error.txt"))]
+    assert len(errors) == 1 and "Failure # 1" in errors[0] and "actor died" in errors[0], errors  # retried once
+    assert results_of(path) == results_of(ref)
