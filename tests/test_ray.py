@@ -82,3 +82,28 @@ def test_actor_killed_during_synthesis_costs_only_its_shard(ray_head, tmp_path):
 
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
+
+
+def test_a_shard_that_keeps_failing_fails_the_node_with_a_clear_message(ray_head, tmp_path, capsys):
+    """The source model's weights are corrupted after training: every attempt at a shard fails its checksum,
+    so after the retries the run stops with exit code 5 and a message naming the node, the shard and the cause;
+    no shard and no synthesized set is written."""
+    from sweeper import stages
+
+    path = write_sweep(tmp_path, "corrupt")
+    plan = build_plan(load(path))
+    store = Store(str(tmp_path / "corrupt"))
+    std = next(n for n in plan.nodes.values() if n.stage == "std")
+    synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
+    stages.run_train(std, plan.sweep.data.model_dump(), 0, store)
+    weights = tmp_path / "corrupt" / "nodes" / std.key / "tensors.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10:] = b"\x00" * 10
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["run", str(path), "--address", ray_head, "--no-report"]) == 5
+    err = capsys.readouterr().err
+    assert "d_det: shard 0 (images 0-100) failed 4 times" in err, err[-3000:]
+    assert "fails its sha256 check" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert not store.is_done(synth.key) and store.shard_indices(synth.key) == set()
