@@ -125,8 +125,9 @@ class ShardPool:
     def _retry(self, node, shard, attempts: dict, todo: list, err: Exception) -> None:
         i = shard[0]
         if attempts[i] > self.max_retries:
+            cause = getattr(err, "cause", None) or err  # a task's own exception, without Ray's remote frames
             raise ShardFailed(f"{node.label}: shard {i} (images {shard[1][0]}-{shard[1][1]}) failed {attempts[i]} "
-                              f"times; last error: {err}") from err
+                              f"times; last error: {type(cause).__name__}: {cause}") from err
         todo.insert(0, shard)
 
     def shutdown(self) -> None:

@@ -1,4 +1,5 @@
 """sweeper on a real Ray head (`ray start --head` on loopback, token auth on with the tests' temp token)."""
+import re
 
 import pytest
 
@@ -103,7 +104,9 @@ def test_a_shard_that_keeps_failing_fails_the_node_with_a_clear_message(ray_head
     capsys.readouterr()
     assert main(["run", str(path), "--address", ray_head, "--no-report"]) == 5
     err = capsys.readouterr().err
-    assert "d_det: shard 0 (images 0-100) failed 4 times" in err, err[-3000:]
-    assert "fails its sha256 check" in err and "run the same command again to resume" in err
-    assert "Traceback" not in err
+    # whichever shard reaches its retry limit first; the cause is the store's own error, not Ray's frames
+    assert re.search(r"d_det: shard \d \(images \d+-\d+\) failed 4 times; last error: CorruptArtifact: "
+                     r"artifact \w+: file tensors.safetensors fails its sha256 check", err), err[-3000:]
+    assert "run the same command again to resume" in err
+    assert "Traceback" not in err and 'File "' not in err
     assert not store.is_done(synth.key) and store.shard_indices(synth.key) == set()
