@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 ARCHS = ("small_cnn", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densenet121", "airbench")
 Arch = Literal["small_cnn", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densenet121", "airbench"]
 KINDS = ("train", "synthesize", "evaluate", "transfer")
+AutoOrCount = Union[Literal["auto"], Annotated[int, Field(ge=1)]]  # "auto", or a whole number >= 1
 
 
 class SpecError(Exception):
@@ -61,18 +62,11 @@ class RunSpec(_Strict):
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: Union[float, dict[str, float]] = 0
-    synthesis_actors: Union[Literal["auto"], int] = "auto"  # auto: one per GPU (or per cpus_per_trial CPUs)
+    synthesis_actors: AutoOrCount = "auto"  # auto: one per GPU (or per cpus_per_trial CPUs)
     shard_size: int = Field(500, ge=1)
     max_failures: int = Field(2, ge=0)
     wandb: Literal["offline", "online", "disabled"] = "offline"
     robust_curve: "RobustCurveSpec" = Field(default_factory=lambda: RobustCurveSpec())
-
-    @field_validator("synthesis_actors")
-    @classmethod
-    def _actors(cls, v):
-        if isinstance(v, int) and v < 1:
-            raise ValueError("synthesis_actors must be 'auto' or a number >= 1")
-        return v
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -132,15 +126,8 @@ class RobustCurveSpec(_Strict):
     ``attack: auto`` takes the first attack of the evaluate stage that scores the model; ``every: auto``
     gives at most 10 points per run (always including the last epoch)."""
     size: int = Field(100, ge=0)
-    every: Union[Literal["auto"], int] = "auto"
+    every: AutoOrCount = "auto"
     attack: Union[Literal["auto"], AttackSpec] = "auto"
-
-    @field_validator("every")
-    @classmethod
-    def _every(cls, v):
-        if isinstance(v, int) and v < 1:
-            raise ValueError("every must be 'auto' or a number of epochs >= 1")
-        return v
 
 
 RunSpec.model_rebuild()

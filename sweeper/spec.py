@@ -144,7 +144,7 @@ def _model_at(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
 
 def _clean_loc(loc) -> tuple:
     """A pydantic error location without the union-member tags it inserts (``literal['auto']``, ``int``...)."""
-    tags = {"int", "float", "str", "bool", "list", "dict"}
+    tags = {"int", "float", "str", "bool", "list", "dict", "constrained-int", "constrained-float"}
     return tuple(p for p in loc if not (isinstance(p, str) and (p in tags or "[" in p or p[:1].isupper())))
 
 
