@@ -36,12 +36,13 @@ class SynthesisWorker:
         self._model_key = None
         self._model = None
 
-    def run(self, node, index: int, start: int, stop: int) -> dict:
+    def run(self, node, index: int, start: int, stop: int, shard_size: int) -> dict:
         source = node.inputs["source"]
         if self._model_key != source:
             self._model = stages.load_model(self.store, source, self.data_spec)
             self._model_key = source
-        return stages.run_shard(node, index, start, stop, self._model, self.data_spec, self.seed, self.store)
+        return stages.run_shard(node, index, start, stop, self._model, self.data_spec, self.seed, self.store,
+                                shard_size)
 
     def pid(self) -> int:
         import os
@@ -87,7 +88,7 @@ class ShardPool:
                 slot = self._free.pop()
                 i, (a, b) = todo.pop(0)
                 attempts[i] += 1
-                running[self.actors[slot].run.remote(node, i, a, b)] = (slot, (i, (a, b)))
+                running[self.actors[slot].run.remote(node, i, a, b, shard_size)] = (slot, (i, (a, b)))
             ready, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=30)
             if not ready:
                 waited += 30
@@ -140,4 +141,4 @@ def synthesize_on_pool(pool: ShardPool, node, data_spec: dict, sweep_seed: int, 
     t0 = time.time()
     n = len(stages.synth_inputs(node, data_spec, sweep_seed)[1])
     metas = pool.run_node(node, n, shard_size, on_shard)
-    return stages.finish_synthesis(node, len(metas), store, time.time() - t0)
+    return stages.finish_synthesis(node, len(metas), store, time.time() - t0, shard_size)

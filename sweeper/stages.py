@@ -36,7 +36,10 @@ HISTORY_TEST_SIZE = 1000  # test images scored after every epoch (the full evalu
 # ----------------------------------------------------------------------------------------------- data
 @functools.lru_cache(maxsize=8)
 def _load_cached(dataset: str, root: str | None, split: str, toy: tuple) -> data_mod.Dataset:
-    return data_mod.load(dataset, split, root=root, **dict(toy))
+    from .data_store import local_root
+
+    # a pushed dataset (a URI, or a folder with manifest.json) is first copied into the node-local cache, checked
+    return data_mod.load(dataset, split, root=local_root(dataset, root), **dict(toy))
 
 
 def load_split(data_spec: dict, split: str) -> data_mod.Dataset:
@@ -170,9 +173,10 @@ def synth_inputs(node, data_spec: dict, sweep_seed: int):
 
 
 def run_shard(node, index: int, start: int, stop: int, model: torch.nn.Module, data_spec: dict,
-              sweep_seed: int, store: Store) -> dict:
-    """Synthesize images [start, stop) of a node's inputs into shard ``index``; idempotent."""
-    if store.has_shard(node.key, index):
+              sweep_seed: int, store: Store, shard_size: int) -> dict:
+    """Synthesize images [start, stop) of a node's inputs into shard ``index`` of the ``shard_size``
+    partition; idempotent (a shard already in the store is kept)."""
+    if store.has_shard(node.key, index, size=shard_size):
         return {"index": index, "skipped": True, "n": stop - start}
     p = node.params
     x_all, y_all, idx_all = synth_inputs(node, data_spec, sweep_seed)
@@ -197,13 +201,14 @@ def run_shard(node, index: int, start: int, stop: int, model: torch.nn.Module, d
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"index": index, "start": start, "stop": stop, "n": stop - start, "wall_s": time.time() - t0,
             "images_per_s": (stop - start) / max(time.time() - t0, 1e-9), **stats}
-    store.save_shard(node.key, index, tensors, meta)
+    store.save_shard(node.key, index, tensors, meta, size=shard_size)
     return meta
 
 
-def finish_synthesis(node, n_shards: int, store: Store, wall_s: float) -> dict:
-    """Concatenate the shards into the node's artifact (after every shard exists)."""
-    parts = [store.load_shard(node.key, i) for i in range(n_shards)]
+def finish_synthesis(node, n_shards: int, store: Store, wall_s: float, shard_size: int) -> dict:
+    """Concatenate the shards into the node's artifact (after every shard exists), then remove the shards
+    once the merged artifact reads back intact. ``shard_meta`` keeps each shard's metrics and write attempt."""
+    parts = [store.load_shard(node.key, i, size=shard_size) for i in range(n_shards)]
     tensors = {k: torch.cat([t[k] for t, _ in parts]) for k in parts[0][0]}
     metas = [m for _, m in parts]
     p = node.params
@@ -215,7 +220,10 @@ def finish_synthesis(node, n_shards: int, store: Store, wall_s: float) -> dict:
     if "dist" in tensors:
         meta["mean_dist"] = float(tensors["dist"].mean())
     meta["shard_meta"] = metas
+    meta["shard_size"] = int(shard_size)
     store.save(node.key, meta=meta, tensors=tensors)
+    if store.is_done(node.key, verify=True):
+        store.drop_shards(node.key)
     return meta
 
 
@@ -227,10 +235,10 @@ def run_synthesize(node, data_spec: dict, sweep_seed: int, store: Store, shard_s
     model = load_model(store, node.inputs["source"], data_spec)
     ranges = shard_ranges(n, shard_size)
     for i, (a, b) in enumerate(ranges):
-        m = run_shard(node, i, a, b, model, data_spec, sweep_seed, store)
+        m = run_shard(node, i, a, b, model, data_spec, sweep_seed, store, shard_size)
         if on_shard is not None:
             on_shard(m)
-    return finish_synthesis(node, len(ranges), store, time.time() - t0)
+    return finish_synthesis(node, len(ranges), store, time.time() - t0, shard_size)
 
 
 # ------------------------------------------------------------------------------------ evaluate/transfer

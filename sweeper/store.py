@@ -1,9 +1,26 @@
-"""The artifact store: one directory per node, written atomically, checksummed, on any pyarrow filesystem.
+"""The artifact store: one folder per node, checksummed, committed by a manifest written last, on local disk or
+any pyarrow filesystem (S3 and S3-compatible servers, GCS, HDFS, ``file://``).
 
-Layout: ``<root>/nodes/<key>/{manifest.json, meta.json, tensors.safetensors, ...}``,
-``<root>/shards/<key>/<index:05d>/...``, ``<root>/tmp/`` (writes in progress), ``tune/``, ``reports/``, ``wandb/``.
-A node is done when its ``manifest.json`` exists: the manifest is written last, inside a temp directory
-that is then moved into place, so a reader never sees a half-written artifact. No Ray, no W&B imports.
+Layout under the store's root::
+
+    sweeper-store.json                          marks the folder as a sweeper store (written on first use)
+    nodes/<key>/manifest.json                   the commit point: meta, file sizes and sha256, its own digest
+    nodes/<key>/<attempt>/tensors.safetensors   the files of one write attempt (a random id per save)
+    shards/<key>/s<shard_size>/<index>/...      synthesis shards, same scheme; removed once the node is merged
+    datasets/<name>/..., checkpoints/, tune/, reports/, wandb/
+
+Object stores have no directory rename, so a save never moves anything: it writes its files under a fresh
+attempt folder, then the manifest, which names that folder. A single PUT is atomic on S3 (on local disk the
+manifest goes through a temp file and ``os.replace``), so a reader sees either no manifest or a complete one,
+and every file a manifest names was written before it. A crash leaves only an attempt folder that no manifest
+names. Two writers of the same node each commit a self-consistent artifact; the last manifest wins and the
+loser removes its own files, so every reader gets the files of exactly one write. A manifest that is not
+valid JSON, fails its own digest, or names missing files does not count as done, and the next save replaces it
+(the store heals). Every read checks the file's sha256 against the manifest.
+
+Requests per node save on S3: one manifest read (exists?), three per file written (pyarrow uploads in parts:
+create, part, complete) and three for the manifest, one manifest read to confirm; a load is two per file (HEAD,
+GET) plus two for the manifest. No Ray, no W&B imports.
 """
 from __future__ import annotations
 
@@ -22,14 +39,31 @@ from typing import Any, Optional
 import pyarrow.fs as pafs
 
 MANIFEST, META, TENSORS = "manifest.json", "meta.json", "tensors.safetensors"
+MARKER = "sweeper-store.json"
+FORMAT = 2  # 1: files beside the manifest, moved into place from tmp/; 2: attempt folders, manifest digest
 
 
 class CorruptArtifact(RuntimeError):
     """A stored file whose sha256 does not match its manifest (or that is missing)."""
 
 
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked (not a sweeper store, not writable...); the message says why."""
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return _sha(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    """``s3://b/p?x=1`` -> (``s3://b/p``, ``?x=1``): paths are joined before the query, which is kept."""
+    base, sep, query = uri.partition("?")
+    return base.rstrip("/"), (sep + query) if sep else ""
 
 
 class Store:
@@ -38,11 +72,14 @@ class Store:
         if "://" in uri:
             self.fs, root = pafs.FileSystem.from_uri(uri)
             self._local = isinstance(self.fs, pafs.LocalFileSystem)
-            self.uri = root if self._local else uri.rstrip("/")
+            base, query = _split_uri(uri)
+            self.uri = root if self._local else base + query
         else:
             self.fs, root, self._local = pafs.LocalFileSystem(), os.path.abspath(uri), True
             self.uri = root  # absolute: workers in other directories resolve the same place
         self.root = root.rstrip("/") or "/"
+        # object stores have no folders to create (pyarrow would write marker objects: extra requests)
+        self._dirs = self.fs.type_name not in ("s3", "gcs")
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -50,13 +87,24 @@ class Store:
     def __reduce__(self):  # picklable (Ray): rebuild from the URI
         return (Store, (self.uri,))
 
+    @property
+    def is_local(self) -> bool:
+        return self._local
+
     # ------------------------------------------------------------ paths and plain files
     def _p(self, *parts: str) -> str:
         return "/".join([self.root, *[str(p).strip("/") for p in parts if p != ""]])
 
     def path(self, *parts: str) -> str:
-        """A place under the store, as a local path or a URI (for Tune's storage_path, reports...)."""
-        return "/".join([self.uri, *[str(p).strip("/") for p in parts]]) if parts else self.uri
+        """A place under the store, as a local path or a URI with the store's query kept (for messages)."""
+        if not parts:
+            return self.uri
+        base, query = _split_uri(self.uri)
+        return "/".join([base, *[str(p).strip("/") for p in parts]]) + query
+
+    def fs_path(self, *parts: str) -> str:
+        """A place under the store as a path on ``self.fs`` (no scheme, no query): Tune's storage_path etc."""
+        return self._p(*parts)
 
     def local_path(self, *parts: str) -> Optional[str]:
         """The local filesystem path, or None for a remote store."""
@@ -66,21 +114,38 @@ class Store:
         return self.fs.get_file_info(self._p(relpath)).type != pafs.FileType.NotFound
 
     def read_bytes(self, relpath: str) -> bytes:
-        with self.fs.open_input_stream(self._p(relpath)) as f:
+        with self.fs.open_input_stream(self._p(relpath), compression=None) as f:  # bytes as stored, even .gz
             return f.read()
 
+    def _mkdirs(self, path: str) -> None:
+        if self._dirs:
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+
     def _write(self, path: str, data: bytes) -> None:
-        with self.fs.open_output_stream(path) as f:
-            f.write(data)
+        self._mkdirs(path)
+        try:
+            with self.fs.open_output_stream(path, compression=None) as f:
+                f.write(data)
+        except PermissionError as e:
+            raise StoreError(f"store {self.uri} is not writable ({e}); pick a writable --store") from None
+
+    def _put_atomic(self, path: str, data: bytes) -> None:
+        """One object appears whole or not at all: a single PUT on object stores, temp file + rename elsewhere."""
+        if not self._dirs:
+            self._write(path, data)
+            return
+        head, name = path.rsplit("/", 1)
+        tmp = f"{head}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
+        self._write(tmp, data)
+        try:
+            self.fs.move(tmp, path)
+        except OSError:
+            self.fs.delete_file(tmp)
+            raise
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
-        """Atomic: written under tmp/, then moved into place."""
-        dest = self._p(relpath)
-        self.fs.create_dir(self._p("tmp"), recursive=True)
-        self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-        tmp = self._p("tmp", f"file-{uuid.uuid4().hex}")
-        self._write(tmp, data)
-        self.fs.move(tmp, dest)
+        """Atomic: readers see the old content or the new, never part of it."""
+        self._put_atomic(self._p(relpath), bytes(data))
 
     def write_text(self, relpath: str, text: str) -> None:
         self.write_bytes(relpath, text.encode())
@@ -97,92 +162,143 @@ class Store:
         elif t == pafs.FileType.File:
             self.fs.delete_file(p)
 
+    def listdir(self, relpath: str) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(pafs.FileSelector(self._p(relpath), allow_not_found=True))
+
+    # ------------------------------------------------------------ the store's own folder
+    def claim(self) -> None:
+        """Before writing: make sure this folder is a sweeper store, marking a new (empty) one as such.
+
+        A folder that holds other things and no marker is refused, so that a mistyped ``--store ~`` never has
+        sweeper write or clean anything among a user's files. A store written before the marker existed (it
+        has ``nodes/`` or ``shards/`` and nothing foreign) is adopted.
+        """
+        if self.exists(MARKER):
+            return
+        entries = {i.base_name for i in self.listdir("")}
+        if MARKER in entries:  # another driver marked it a moment ago
+            return
+        ours = {"nodes", "shards", "checkpoints", "tune", "reports", "wandb", "datasets", "tmp"}
+        if entries - ours or (entries and not entries & {"nodes", "shards"}):
+            foreign = sorted(entries - ours) or sorted(entries)
+            raise StoreError(f"store {self.uri} is not empty and is not a sweeper store (no {MARKER}; it holds "
+                             f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); give --store an "
+                             "empty or new folder, or an existing sweeper store")
+        self.write_text(MARKER, json.dumps({"sweeper_store": FORMAT, "created": _utc()}) + "\n")
+
     def clean_tmp(self) -> None:
-        """Remove leftovers of interrupted writes (call when no writer is running)."""
-        if self.exists("tmp"):
+        """Remove the ``tmp/`` of stores written before format 2 (only in a marked sweeper store)."""
+        if self.exists(MARKER) and self.exists("tmp"):
             self.fs.delete_dir_contents(self._p("tmp"))
 
     # ------------------------------------------------------------ artifacts
-    def _save_dir(self, rel: str, key: str, meta: dict, tensors: Optional[dict], files: Optional[dict]) -> None:
+    def _save_dir(self, rel: str, key: str, meta: dict, tensors: Optional[dict], files: Optional[dict]) -> bool:
+        """Commit one artifact under ``rel``; False when a valid one was already there (it is kept)."""
         try:
-            meta_json = json.dumps(meta, sort_keys=True, indent=1)
+            json.dumps(meta, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"meta of {key} is not JSON-serializable: {exc}") from None
-        payload: dict[str, bytes] = {META: meta_json.encode()}
+        payload: dict[str, bytes] = {}
         if tensors is not None:
             payload[TENSORS] = _pack(key, tensors)
         for name, data in (files or {}).items():
-            if "/" in name or name in (MANIFEST, META, TENSORS) or not name:
+            if "/" in name or name in (MANIFEST, META, TENSORS) or not name or name.startswith("."):
                 raise ValueError(f"bad file name {name!r} for {key}")
             payload[name] = bytes(data)
-        dest = self._p(rel)
-        if self.fs.get_file_info(self._p(rel, MANIFEST)).type == pafs.FileType.File:
-            return  # already there (another worker won the race): keep it
-        tmp = self._p("tmp", f"{key}-{uuid.uuid4().hex}")
-        self.fs.create_dir(tmp, recursive=True)
+        old = self._manifest(rel)
+        if old is not None:
+            return False  # already there (another worker or an earlier run won): keep it
+        attempt = uuid.uuid4().hex[:12]
         for name, data in payload.items():
-            self._write(f"{tmp}/{name}", data)
-        manifest = {"key": key, "meta": meta, "created": _utc(),
+            self._write(self._p(rel, attempt, name), data)
+        manifest = {"format": FORMAT, "key": key, "meta": meta, "created": _utc(), "attempt": attempt,
                     "files": {n: {"size": len(d), "sha256": _sha(d)} for n, d in payload.items()}}
-        self._write(f"{tmp}/{MANIFEST}", json.dumps(manifest, sort_keys=True, indent=1).encode())
-        self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-        if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
-            if self.fs.get_file_info(f"{dest}/{MANIFEST}").type == pafs.FileType.File:
-                self.fs.delete_dir(tmp)
-                return
-            self.fs.delete_dir(dest)  # a leftover without manifest: not an artifact
-        try:
-            self.fs.move(tmp, dest)
-        except OSError:
-            if self.fs.get_file_info(f"{dest}/{MANIFEST}").type != pafs.FileType.File:
-                raise
-            self.fs.delete_dir(tmp)  # lost a race to an identical artifact
+        manifest["digest"] = _digest(manifest)
+        self._put_atomic(self._p(rel, MANIFEST), json.dumps(manifest, sort_keys=True, indent=1).encode())
+        final = self._manifest(rel, check_files=False)
+        if final is None or final.get("attempt") != attempt:  # a concurrent writer committed after us: theirs
+            self._delete_attempt(rel, attempt)
+        return True
 
-    def _manifest(self, rel: str) -> Optional[dict]:
+    def _delete_attempt(self, rel: str, attempt: str) -> None:
         try:
-            return json.loads(self.read_bytes(f"{rel}/{MANIFEST}"))
+            self.fs.delete_dir(self._p(rel, attempt))
+        except (FileNotFoundError, OSError):
+            pass  # nothing written there, or already gone: no manifest names it either way
+
+    def _manifest(self, rel: str, check_files: bool = True) -> Optional[dict]:
+        """The committed manifest of ``rel``, or None when there is none or it is not a complete, intact one
+        (not JSON, a wrong digest, or, with ``check_files``, a named file missing or of the wrong size)."""
+        try:
+            m = json.loads(self.read_bytes(f"{rel}/{MANIFEST}"))
         except (FileNotFoundError, OSError, ValueError):
             return None
+        if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or "meta" not in m:
+            return None
+        if "digest" in m:
+            if m["digest"] != _digest(m):
+                return None
+        elif m.get("format", 1) != 1:
+            return None
+        if check_files:
+            sizes = {i.base_name: i.size for i in self.listdir(self._files_rel(rel, m))
+                     if i.type == pafs.FileType.File}
+            if any(sizes.get(n) != f.get("size") for n, f in m["files"].items()):
+                return None
+        return m
+
+    @staticmethod
+    def _files_rel(rel: str, manifest: dict) -> str:
+        return f"{rel}/{manifest['attempt']}" if manifest.get("attempt") else rel
 
     def _verify(self, rel: str, manifest: dict) -> bool:
+        base = self._files_rel(rel, manifest)
         for name, info in manifest["files"].items():
             try:
-                if _sha(self.read_bytes(f"{rel}/{name}")) != info["sha256"]:
+                if _sha(self.read_bytes(f"{base}/{name}")) != info["sha256"]:
                     return False
             except (FileNotFoundError, OSError):
                 return False
         return True
 
     def _read_checked(self, rel: str, key: str, name: str) -> bytes:
-        manifest = self._manifest(rel)
-        if manifest is None:
-            raise FileNotFoundError(f"no artifact {key} in {self.uri} ({rel})")
-        if name not in manifest["files"]:
-            raise FileNotFoundError(f"artifact {key} has no file {name!r}")
-        try:
-            data = self.read_bytes(f"{rel}/{name}")
-        except (FileNotFoundError, OSError):
-            raise CorruptArtifact(f"artifact {key}: file {name} is missing") from None
-        if _sha(data) != manifest["files"][name]["sha256"]:
-            raise CorruptArtifact(f"artifact {key}: file {name} fails its sha256 check (store {self.uri})")
-        return data
+        for retry in (False, True):
+            manifest = self._manifest(rel, check_files=False)
+            if manifest is None:
+                raise FileNotFoundError(f"no artifact {key} in {self.uri} ({rel})")
+            if name not in manifest["files"]:
+                raise FileNotFoundError(f"artifact {key} has no file {name!r}")
+            try:
+                data = self.read_bytes(f"{self._files_rel(rel, manifest)}/{name}")
+            except (FileNotFoundError, OSError):
+                if not retry:  # a concurrent writer may have just replaced the manifest: read it again
+                    continue
+                raise CorruptArtifact(f"artifact {key}: file {name} is missing (store {self.uri})") from None
+            if _sha(data) != manifest["files"][name]["sha256"]:
+                raise CorruptArtifact(f"artifact {key}: file {name} fails its sha256 check (store {self.uri})")
+            return data
+        raise AssertionError("unreachable")
 
     def _load_tensors(self, rel: str, key: str) -> dict:
         from safetensors.torch import load
         return load(self._read_checked(rel, key, TENSORS))
 
-    def save(self, key: str, *, meta: dict, tensors: Optional[dict] = None, files: Optional[dict] = None) -> None:
-        """Write a node's artifact atomically into nodes/<key>; an existing one is kept."""
-        self._save_dir(f"nodes/{key}", key, meta, tensors, files)
+    def save(self, key: str, *, meta: dict, tensors: Optional[dict] = None, files: Optional[dict] = None) -> bool:
+        """Commit a node's artifact under nodes/<key>; an existing intact one is kept (returns False)."""
+        return self._save_dir(f"nodes/{key}", key, meta, tensors, files)
 
     def is_done(self, key: str, verify: bool = False) -> bool:
+        """An intact manifest whose files exist with their sizes; ``verify`` also checks every sha256."""
         m = self._manifest(f"nodes/{key}")
         return m is not None and (not verify or self._verify(f"nodes/{key}", m))
 
     def load_meta(self, key: str) -> dict:
-        m = self._manifest(f"nodes/{key}")
+        m = self._manifest(f"nodes/{key}", check_files=False)
         if m is None:
             raise FileNotFoundError(f"no artifact {key} in {self.uri}")
+        if "digest" not in m and META in m["files"]:  # format 1: the manifest's meta is checked against meta.json
+            if json.loads(self._read_checked(f"nodes/{key}", key, META)) != m["meta"]:
+                raise CorruptArtifact(f"artifact {key}: manifest meta differs from meta.json (store {self.uri})")
         return m["meta"]
 
     def load_tensors(self, key: str) -> dict:
@@ -192,25 +308,32 @@ class Store:
         return self._read_checked(f"nodes/{key}", key, name)
 
     # ------------------------------------------------------------ shards
-    def _shard(self, key: str, index: int) -> str:
-        return f"shards/{key}/{int(index):05d}"
+    # A shard is identified by the shard size of its partition and its index: a resumed node whose shard size
+    # changed starts a new partition instead of mixing two.
+    def _shard(self, key: str, index: int, size: int) -> str:
+        return f"shards/{key}/s{int(size)}/{int(index):05d}"
 
-    def save_shard(self, key: str, index: int, tensors: dict, meta: dict) -> None:
-        self._save_dir(self._shard(key, index), f"{key}/{int(index):05d}", meta, tensors, None)
+    def save_shard(self, key: str, index: int, tensors: dict, meta: dict, *, size: int) -> bool:
+        return self._save_dir(self._shard(key, index, size), f"{key}/s{int(size)}/{int(index):05d}", meta,
+                              tensors, None)
 
-    def has_shard(self, key: str, index: int) -> bool:
-        return self._manifest(self._shard(key, index)) is not None
+    def has_shard(self, key: str, index: int, *, size: int) -> bool:
+        return self._manifest(self._shard(key, index, size)) is not None
 
-    def load_shard(self, key: str, index: int) -> tuple[dict, dict]:
-        """(tensors, meta) of one shard, checksums verified."""
-        rel = self._shard(key, index)
-        tensors = self._load_tensors(rel, f"{key}/{int(index):05d}")
-        return tensors, self._manifest(rel)["meta"]
+    def load_shard(self, key: str, index: int, *, size: int) -> tuple[dict, dict]:
+        """(tensors, meta) of one shard, checksums verified; meta gains the shard's ``attempt`` id."""
+        rel = self._shard(key, index, size)
+        tensors = self._load_tensors(rel, f"{key}/s{int(size)}/{int(index):05d}")
+        m = self._manifest(rel, check_files=False)
+        return tensors, {**m["meta"], "attempt": m.get("attempt")}
 
-    def shard_indices(self, key: str) -> set[int]:
-        sel = pafs.FileSelector(self._p("shards", key), allow_not_found=True)
-        return {int(i.base_name) for i in self.fs.get_file_info(sel)
-                if i.base_name.isdigit() and self.has_shard(key, int(i.base_name))}
+    def shard_indices(self, key: str, *, size: int) -> set[int]:
+        return {int(i.base_name) for i in self.listdir(f"shards/{key}/s{int(size)}")
+                if i.base_name.isdigit() and self.has_shard(key, int(i.base_name), size=size)}
+
+    def drop_shards(self, key: str) -> None:
+        """Remove every shard of a node (all partitions): call once the merged artifact is verified."""
+        self.delete(f"shards/{key}")
 
 
 def _pack(key: str, tensors: dict) -> bytes:

@@ -1,8 +1,10 @@
 """W&B on the side (an edge module: imports wandb lazily).
 
 Every node may open one W&B run, named from its key, grouped by sweep and stage, whose config carries what
-dashboards filter on. Offline by default: runs land under ``<store>/wandb`` and ``wandb sync`` uploads them
-later. A W&B failure (no network, bad key, a crash of its process) is printed once and the sweep goes on:
+dashboards filter on. Offline by default: runs land under ``<store>/wandb/wandb/offline-run-*`` and ``wandb sync``
+uploads them later. On a remote store (s3://...) a run is written to a node-local staging folder and copied into
+the store when it finishes, so the runs of trials on every node end up in one place; ``sweeper wandb FILE --to
+DIR`` brings them down for ``wandb sync``. A W&B failure (no network, bad key, a crash of its process) is printed once and the sweep goes on:
 results in the store never depend on W&B. The API key is never written anywhere by sweeper.
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import struct
 import sys
+import tempfile
 from contextlib import contextmanager
 
 MODES = ("offline", "online", "disabled")
@@ -21,9 +25,10 @@ MODES = ("offline", "online", "disabled")
 class NodeRun:
     """A thin, failure-proof handle: every call after a W&B error becomes a no-op."""
 
-    def __init__(self, run, error: str | None = None):
+    def __init__(self, run, error: str | None = None, upload=None):
         self.run = run
         self.error = error  # the first W&B failure of this run, if any (trials report it to the driver)
+        self._upload = upload  # (store, staging dir): copy the finished offline run into a remote store
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         if self.run is None:
@@ -36,13 +41,22 @@ class NodeRun:
             self.run = None
 
     def finish(self) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.finish()
-        except Exception as e:
-            _warn(f"W&B finish failed ({e!r})")
-        self.run = None
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as e:
+                _warn(f"W&B finish failed ({e!r})")
+            self.run = None
+        if self._upload is not None:
+            store, staging = self._upload
+            self._upload = None
+            try:
+                upload_runs(staging, store)
+            except Exception as e:  # the results are in the store; the W&B copy is what is lost
+                _warn(f"could not copy the W&B offline run from {staging} into {store.path('wandb')} ({e!r}); "
+                      "it stays on this node")
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _warn(msg: str) -> None:
@@ -91,18 +105,54 @@ def open_run(plan, node, store, mode: str | None = None) -> NodeRun:
     try:
         import wandb
 
-        root = store.local_path("wandb") if hasattr(store, "local_path") else None
-        root = root or os.path.join(os.getcwd(), "wandb-runs")
-        os.makedirs(root, exist_ok=True)  # before any run starts: concurrent creation raced
+        root, upload = wandb_dir(store)
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sweeper"), dir=root, mode=m,
                          id=f"{plan.sweep.name}-{node.key}", name=node.label, group=plan.sweep.name,
                          job_type=node.stage, config=node_config(plan, node), reinit="create_new",
                          resume="allow", settings=wandb.Settings(console="off", silent=True))
-        return NodeRun(run)
+        return NodeRun(run, upload=upload)
     except Exception as e:
         msg = f"W&B could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); the sweep goes on without it"
         _warn(msg)
         return NodeRun(None, error=msg)
+
+
+def wandb_dir(store):
+    """Where a W&B run writes: ``<store>/wandb`` on a local store; on a remote one a fresh node-local staging
+    folder, returned with ``(store, folder)`` so that finishing the run copies it into the store."""
+    root = store.local_path("wandb")
+    if root is not None:
+        os.makedirs(root, exist_ok=True)  # before any run starts: concurrent creation raced
+        return root, None
+    staging = tempfile.mkdtemp(prefix="sweeper-wandb-")
+    return staging, (store, staging)
+
+
+def upload_runs(staging: str, store) -> list[str]:
+    """Copy every W&B run folder under ``staging/wandb`` into ``<store>/wandb/wandb/<run folder>``."""
+    import pyarrow.fs as pafs
+
+    done = []
+    for d in sorted(glob.glob(os.path.join(staging, "wandb", "*run-*"))):
+        if os.path.isdir(d):
+            pafs.copy_files(d, store.fs_path("wandb", "wandb", os.path.basename(d)),
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=store.fs)
+            done.append(os.path.basename(d))
+    return done
+
+
+def download_runs(store, dest: str) -> list[str]:
+    """Copy the store's offline W&B runs into ``dest`` (one folder per run); returns the run folders."""
+    import pyarrow.fs as pafs
+
+    out = []
+    for info in store.listdir("wandb/wandb"):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("offline-run-"):
+            target = os.path.join(dest, info.base_name)
+            pafs.copy_files(info.path, target, source_filesystem=store.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+            out.append(target)
+    return out
 
 
 @contextmanager
@@ -188,8 +238,8 @@ def log_report(plan, store, mode: str | None = None) -> None:
     try:
         import wandb
 
-        root = store.local_path("wandb") or os.path.join(os.getcwd(), "wandb-runs")
-        os.makedirs(root, exist_ok=True)
+        root, upload = wandb_dir(store)
+        report = NodeRun(None, upload=upload)
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sweeper"), dir=root, mode=m,
                          id=f"{plan.sweep.name}-report", name=f"{plan.sweep.name} report", group=plan.sweep.name,
                          job_type="report", config={"sweep": plan.sweep.name, "kind": "report"},
@@ -197,10 +247,14 @@ def log_report(plan, store, mode: str | None = None) -> None:
         cols = sorted({c for r in rows for c in r})
         run.log({"results": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
         base = f"reports/{plan.sweep.name}"
-        for name in ("figure2.png", "table1.png", "figure3.png"):
-            path = store.local_path(base, name)
-            if path and os.path.exists(path):
-                run.log({name[:-4]: wandb.Image(path)})
-        run.finish()
+        with tempfile.TemporaryDirectory(prefix="sweeper-fig-") as figs:  # wandb.Image reads a local file
+            for name in ("figure2.png", "table1.png", "figure3.png"):
+                if store.exists(f"{base}/{name}"):
+                    path = os.path.join(figs, name)
+                    with open(path, "wb") as f:
+                        f.write(store.read_bytes(f"{base}/{name}"))
+                    run.log({name[:-4]: wandb.Image(path)})
+            run.finish()
+        report.finish()  # a remote store: copy the run up
     except Exception as e:  # the report files in the store are the results; W&B is a copy
         _warn(f"W&B report run failed ({e!r}); the report in the store is complete")

@@ -122,7 +122,8 @@ def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | N
         param_space={"key": tune.grid_search(sorted(by_key))},
         tune_config=tune.TuneConfig(max_concurrent_trials=int(run_spec.max_concurrent_trials), reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{sweep.name}-{digest}", storage_path=store.path("tune"),
+            name=f"{sweep.name}-{digest}", storage_path=store.fs_path("tune"),
+            storage_filesystem=None if store.is_local else store.fs,  # a URI's query would not survive a join
             failure_config=tune.FailureConfig(max_failures=int(run_spec.max_failures)),
             callbacks=[progress, *(callbacks or [])], verbose=0),
     )

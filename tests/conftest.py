@@ -65,3 +65,21 @@ def tiny_sweep(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_SWEEP.replace("STORE", str(tmp_path / "store")))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto) on loopback, a child process of this test run, with one bucket."""
+    from s3server import S3Server
+
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_server):
+    """A fresh, empty store URI on the S3 server: s3://bucket/<unique>?endpoint_override=...&scheme=http."""
+    return s3_server.uri()

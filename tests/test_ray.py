@@ -39,7 +39,9 @@ def test_sweep_on_ray_head_matches_default_run(ray_head, tmp_path, capsys):
     assert results_of(remote) == want
     plan = build_plan(load(remote))
     synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
-    assert Store(str(tmp_path / "remote")).shard_indices(synth.key) == {0, 1, 2}
+    merged = Store(str(tmp_path / "remote")).load_meta(synth.key)
+    assert [m["index"] for m in merged["shard_meta"]] == [0, 1, 2] and merged["shard_size"] == 100
+    assert not (tmp_path / "remote" / "shards" / synth.key).exists()  # removed once the merged set verified
     assert main(["run", str(remote), "--address", ray_head, "--no-report"]) == 0
     assert "ran 0 nodes" in capsys.readouterr().out
 
@@ -75,7 +77,7 @@ def test_actor_killed_during_synthesis_costs_only_its_shard(ray_head, tmp_path):
     finally:
         ray.shutdown()
     assert killed and meta["n"] == 300
-    assert store.shard_indices(synth.key) == {0, 1, 2}
+    assert [m["index"] for m in store.load_meta(synth.key)["shard_meta"]] == [0, 1, 2]
     got, want = store.load_tensors(synth.key), ref.load_tensors(synth.key)
     assert set(got) == set(want) and all(torch_equal(got[k], want[k]) for k in got)
     assert store.load_meta(synth.key)["hit_rate"] == ref.load_meta(synth.key)["hit_rate"]
@@ -97,7 +99,7 @@ def test_a_shard_that_keeps_failing_fails_the_node_with_a_clear_message(ray_head
     std = next(n for n in plan.nodes.values() if n.stage == "std")
     synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
     stages.run_train(std, plan.sweep.data.model_dump(), 0, store)
-    weights = tmp_path / "corrupt" / "nodes" / std.key / "tensors.safetensors"
+    (weights,) = (tmp_path / "corrupt" / "nodes" / std.key).glob("*/tensors.safetensors")
     data = bytearray(weights.read_bytes())
     data[-10:] = b"\x00" * 10
     weights.write_bytes(bytes(data))
@@ -109,4 +111,4 @@ def test_a_shard_that_keeps_failing_fails_the_node_with_a_clear_message(ray_head
                      r"artifact \w+: file tensors.safetensors fails its sha256 check", err), err[-3000:]
     assert "run the same command again to resume" in err
     assert "Traceback" not in err and 'File "' not in err
-    assert not store.is_done(synth.key) and store.shard_indices(synth.key) == set()
+    assert not store.is_done(synth.key) and store.shard_indices(synth.key, size=100) == set()

@@ -25,8 +25,10 @@ def test_round_trip(tmp_path):
     assert all(torch.equal(out[k], v) for k, v in _tensors().items())
     assert s.load_file("k", "log.txt") == b"hello"
     manifest = json.loads((tmp_path / "store/nodes/k/manifest.json").read_text())
-    assert set(manifest["files"]) == {"meta.json", "tensors.safetensors", "log.txt"}
-    assert not list((tmp_path / "store/tmp").iterdir())
+    assert set(manifest["files"]) == {"tensors.safetensors", "log.txt"}
+    # the files live in the attempt folder the manifest names; nothing else is left in the node's folder
+    assert sorted(p.name for p in (tmp_path / "store/nodes/k").iterdir()) == sorted([manifest["attempt"],
+                                                                                     "manifest.json"])
 
 
 def test_existing_artifact_is_kept(tmp_path):
@@ -47,24 +49,20 @@ def test_rejects_bad_inputs(tmp_path):
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     s = Store(str(tmp_path))
-    real = Store._write
+    real = Store._put_atomic
 
     def failing(self, path, data):
         if path.endswith("manifest.json"):
             raise OSError("disk full (simulated)")
         real(self, path, data)
 
-    monkeypatch.setattr(Store, "_write", failing)
+    monkeypatch.setattr(Store, "_put_atomic", failing)
     with pytest.raises(OSError):
         s.save("k", meta={"a": 1}, tensors=_tensors())
-    monkeypatch.setattr(Store, "_write", real)
-    assert not s.is_done("k") and not (tmp_path / "nodes/k").exists()
-    assert list((tmp_path / "tmp").iterdir())  # the leftover is only in tmp/
+    monkeypatch.setattr(Store, "_put_atomic", real)
+    assert not s.is_done("k") and not (tmp_path / "nodes/k/manifest.json").exists()
     s.save("k", meta={"a": 1}, tensors=_tensors())
-    assert s.is_done("k", verify=True)
-    s.clean_tmp()
-    assert not list((tmp_path / "tmp").iterdir())
-    assert s.is_done("k", verify=True)
+    assert s.is_done("k", verify=True) and s.load_meta("k") == {"a": 1}
 
 
 def test_leftover_dir_without_manifest_is_not_done(tmp_path):
@@ -76,27 +74,98 @@ def test_leftover_dir_without_manifest_is_not_done(tmp_path):
     assert s.is_done("k", verify=True) and s.load_meta("k") == {"ok": True}
 
 
+@pytest.mark.parametrize("damage", ["not json", "meta edited", "file missing", "file truncated"])
+def test_broken_manifest_is_not_done_and_heals(tmp_path, damage):
+    """A manifest that is not JSON, whose meta was edited (its digest no longer matches), or whose files are
+    gone or short does not count as done; the next save replaces it."""
+    s = Store(str(tmp_path))
+    s.save("k", meta={"acc": 0.989}, tensors=_tensors())
+    mpath = tmp_path / "nodes/k/manifest.json"
+    m = json.loads(mpath.read_text())
+    tensors = tmp_path / "nodes/k" / m["attempt"] / "tensors.safetensors"
+    if damage == "not json":
+        mpath.write_text(mpath.read_text()[:-20])
+    elif damage == "meta edited":
+        mpath.write_text(mpath.read_text().replace("0.989", "0.889"))
+    elif damage == "file missing":
+        tensors.unlink()
+    else:
+        tensors.write_bytes(tensors.read_bytes()[:-1])
+    assert not s.is_done("k")
+    with pytest.raises((FileNotFoundError, CorruptArtifact)):
+        s.load_tensors("k")
+    assert s.save("k", meta={"acc": 0.989}, tensors=_tensors())
+    assert s.is_done("k", verify=True) and s.load_meta("k") == {"acc": 0.989}
+    assert torch.equal(s.load_tensors("k")["w"], _tensors()["w"])
+
+
+def test_concurrent_writers_leave_one_intact_artifact(tmp_path):
+    """Many threads save the same node with different content at once: it ends intact, holding exactly one
+    writer's files, and no other attempt folder is left."""
+    import threading
+
+    s = Store(str(tmp_path))
+    barrier = threading.Barrier(6)
+
+    def write(i):
+        barrier.wait()
+        Store(str(tmp_path)).save("k", meta={"writer": i}, tensors={"x": torch.full((1000,), float(i))})
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert s.is_done("k", verify=True)
+    i = s.load_meta("k")["writer"]
+    assert torch.equal(s.load_tensors("k")["x"], torch.full((1000,), float(i)))
+
+
 def test_corruption_detected(tmp_path):
     s = Store(str(tmp_path))
     s.save("k", meta={}, tensors=_tensors())
-    f = tmp_path / "nodes/k/tensors.safetensors"
+    m = json.loads((tmp_path / "nodes/k/manifest.json").read_text())
+    f = tmp_path / "nodes/k" / m["attempt"] / "tensors.safetensors"
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
     f.write_bytes(bytes(data))
-    assert s.is_done("k") and not s.is_done("k", verify=True)
+    assert s.is_done("k") and not s.is_done("k", verify=True)  # same size: only the sha256 tells
     with pytest.raises(CorruptArtifact, match=r"k.*tensors\.safetensors"):
         s.load_tensors("k")
 
 
 def test_shards(tmp_path):
     s = Store(str(tmp_path))
-    assert s.shard_indices("k") == set() and not s.has_shard("k", 0)
+    assert s.shard_indices("k", size=2) == set() and not s.has_shard("k", 0, size=2)
     for i in (0, 2):
-        s.save_shard("k", i, {"x": torch.full((2,), float(i))}, {"index": i})
-    assert s.shard_indices("k") == {0, 2} and s.has_shard("k", 2) and not s.has_shard("k", 1)
-    t, m = s.load_shard("k", 2)
-    assert torch.equal(t["x"], torch.full((2,), 2.0)) and m == {"index": 2}
-    assert (tmp_path / "shards/k/00002/manifest.json").exists()
+        s.save_shard("k", i, {"x": torch.full((2,), float(i))}, {"index": i}, size=2)
+    assert s.shard_indices("k", size=2) == {0, 2} and s.has_shard("k", 2, size=2) and not s.has_shard("k", 1, size=2)
+    assert s.shard_indices("k", size=3) == set()  # another shard size is another partition
+    t, m = s.load_shard("k", 2, size=2)
+    assert torch.equal(t["x"], torch.full((2,), 2.0)) and m["index"] == 2 and m["attempt"]
+    assert (tmp_path / "shards/k/s2/00002/manifest.json").exists()
+    s.drop_shards("k")
+    assert not (tmp_path / "shards/k").exists()
+
+
+def test_store_marks_its_folder_and_refuses_a_foreign_one(tmp_path):
+    from sweeper.store import StoreError
+
+    s = Store(str(tmp_path / "new"))
+    s.claim()
+    assert (tmp_path / "new/sweeper-store.json").exists()
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    (home / "tmp/notes.txt").write_text("mine")
+    (home / "photos").mkdir()
+    with pytest.raises(StoreError, match="not a sweeper store"):
+        Store(str(home)).claim()
+    Store(str(home)).clean_tmp()  # not a marked store: its tmp/ is not sweeper's
+    assert (home / "tmp/notes.txt").read_text() == "mine"
+
+
+def test_uri_paths_keep_the_query():
+    s = Store.__new__(Store)
+    s.uri = "s3://b/p?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert s.path("tune", "x") == "s3://b/p/tune/x?endpoint_override=127.0.0.1:9000&scheme=http"
 
 
 def test_file_uri(tmp_path):
@@ -126,3 +195,13 @@ def test_provenance_keys():
     assert p["versions"]["torch"] == torch.__version__.split("+")[0] or p["versions"]["torch"]
     json.dumps(p)
     assert "ray" not in store_mod.__dict__
+
+
+def test_bytes_are_stored_as_given_whatever_the_name(tmp_path):
+    """pyarrow guesses compression from a name's extension; the store must not (a pushed dataset's .gz files)."""
+    import gzip
+
+    s = Store(str(tmp_path))
+    raw = gzip.compress(b"idx file" * 100)
+    s.write_bytes("datasets/x/labels.gz", raw)
+    assert (tmp_path / "datasets/x/labels.gz").read_bytes() == raw and s.read_bytes("datasets/x/labels.gz") == raw

@@ -1,0 +1,263 @@
+"""Datasets pushed into the artifact store, so that every node of a cluster loads the same checked copy.
+
+    <store>/datasets/<dataset>/<file>...        the raw files, as sweeper.data loads them from a folder
+    <store>/datasets/<dataset>/manifest.json    {"dataset", "files": {name: {"size", "sha256"}}}, written last
+
+The manifest is the commit point: a push writes it after every file (and removes an old one before changing
+any file), so a folder without it is not a dataset. A sweep file says ``data.root: store`` for "the copy in this
+sweep's store"; the plan keeps that literal (node keys do not depend on where the store is) and the executors
+resolve it (:func:`resolve_data_root`). On a node, :func:`local_root` copies the files into a node-local cache
+(``$SWEEPER_CACHE`` or ``~/.cache/sweeper``, then ``datasets/<dataset>-<manifest digest>/``), checking every
+file's sha256, and hands that folder to :func:`sweeper.data.load`. No Ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+from .data import FASHION_MNIST_SYSTEM_DIR, DataNotFoundError, _find_idx
+from .store import Store
+
+__all__ = ["STORE_ROOT", "PUSHABLE", "CorruptDataset", "push", "list_pushed", "dataset_uri", "resolve_data_root",
+           "is_pushed", "fetch", "local_root", "cache_dir"]
+
+STORE_ROOT = "store"  # the data.root value meaning "the copy pushed into this sweep's store"
+MANIFEST = "manifest.json"
+PUSHABLE = ("fashion_mnist", "cifar10")
+FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")
+# what torchvision.datasets.CIFAR10 reads under its root (base_folder, train_list, test_list, meta)
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+_CHUNK = 1 << 20
+
+
+class CorruptDataset(DataNotFoundError):
+    """A pushed file whose size or sha256 does not match the dataset's manifest (or that is missing)."""
+
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ push
+def _sources(dataset: str, src: Optional[str]) -> dict[str, Path]:
+    """{name in the store: local file} for a push; DataNotFoundError (one line) when a file is missing."""
+    if dataset not in PUSHABLE:
+        raise ValueError(f"cannot push dataset {dataset!r}; pushable: {', '.join(PUSHABLE)}")
+    if src is not None and not Path(src).expanduser().is_dir():
+        raise DataNotFoundError(f"{dataset}: --from {src} is not a folder; expected "
+                                + ("the folder holding the four Fashion-MNIST IDX files" if dataset == "fashion_mnist"
+                                   else f"the folder holding `{CIFAR_FOLDER}` (or that folder itself)"))
+    if dataset == "fashion_mnist":
+        d = Path(src or FASHION_MNIST_SYSTEM_DIR).expanduser().absolute()
+        found = {stem: _find_idx(d, stem) for stem in FMNIST_FILES}
+        missing = [s for s, p in found.items() if p is None]
+        if missing:
+            raise DataNotFoundError(
+                f"fashion_mnist: {d} has no {', '.join(m + '[.gz]' for m in missing)}; expected the four IDX "
+                f"files (train/t10k images and labels) there"
+                + (" (pass --from another folder)" if src
+                   else " (apt-get install dataset-fashion-mnist, or --from DIR)"))
+        return {p.name: p for p in found.values()}
+    d = Path(src or "~/.cache/sweeper/data").expanduser().absolute()  # cifar10: where sweeper.data looks by default
+    if (d / CIFAR_FOLDER).is_dir():
+        folder = d / CIFAR_FOLDER
+    elif d.name == CIFAR_FOLDER or (d / "batches.meta").is_file():
+        folder = d  # --from the folder itself
+    else:
+        folder = d / CIFAR_FOLDER
+    missing = [n for n in CIFAR_FILES if not (folder / n).is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"cifar10: {folder} lacks {', '.join(missing)}; expected the extracted `{CIFAR_FOLDER}` folder "
+            f"({', '.join(CIFAR_FILES)}); pass --from the folder holding it (or the folder itself)")
+    return {f"{CIFAR_FOLDER}/{n}": folder / n for n in CIFAR_FILES}
+
+
+def _manifest_bytes(dataset: str, files: dict) -> bytes:
+    # deterministic (no time, no source path): an identical push gives identical bytes, hence the same cache dir
+    return json.dumps({"dataset": dataset, "files": files}, sort_keys=True, indent=1).encode()
+
+
+def _read_manifest(store: Store, rel: str) -> Optional[dict]:
+    try:
+        m = json.loads(store.read_bytes(rel))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+
+
+def push(dataset: str, store: Store, src: Optional[str] = None, *, force: bool = False,
+         log: Callable[[str], None] = print) -> dict:
+    """Copy ``dataset``'s raw files into ``<store>/datasets/<dataset>/`` and commit them with a manifest.
+
+    A file whose manifest entry already matches (same size and sha256) and that is in the store is not sent
+    again (unless ``force``). Returns the manifest written.
+    """
+    sources = _sources(dataset, src)  # raises before anything is written
+    files = {name: {"size": p.stat().st_size, "sha256": _sha_file(p)} for name, p in sorted(sources.items())}
+    base = f"datasets/{dataset}"
+    old = _read_manifest(store, f"{base}/{MANIFEST}")
+    old_files = (old or {}).get("files", {})
+    send = [n for n in files if force or old_files.get(n) != files[n] or not store.exists(f"{base}/{n}")]
+    new_bytes = _manifest_bytes(dataset, files)
+    store.claim()  # a new folder becomes a sweeper store; a folder of other things is refused
+    if old is not None and (send or old_files != files):
+        store.delete(f"{base}/{MANIFEST}")  # uncommit first: a reader never pairs the old manifest with new files
+    for name in files:
+        if name in send:
+            with open(sources[name], "rb") as f:
+                data = f.read()
+            if hashlib.sha256(data).hexdigest() != files[name]["sha256"]:
+                raise RuntimeError(f"{sources[name]} changed while it was being pushed; push again")
+            store.write_bytes(f"{base}/{name}", data)  # byte for byte (no compression by extension)
+        log(f"  {name:<34} {files[name]['size']:>12,} bytes  sha256 {files[name]['sha256'][:16]}  "
+            f"{'sent' if name in send else 'unchanged'}")
+    for name in set(old_files) - set(files):
+        store.delete(f"{base}/{name}")  # left over from an earlier push of other files
+    if old is None or send or old_files != files:
+        store.write_bytes(f"{base}/{MANIFEST}", new_bytes)  # last: the commit point
+    total = sum(f["size"] for f in files.values())
+    log(f"{dataset}: {len(files)} files, {total:,} bytes ({sum(files[n]['size'] for n in send):,} sent) in "
+        f"{dataset_uri(store, dataset)}; in a sweep file on this store: "
+        f"data: {{dataset: {dataset}, root: {STORE_ROOT}}}")
+    return {"dataset": dataset, "files": files}
+
+
+def list_pushed(store: Store) -> list[dict]:
+    """[{dataset, files, bytes, digest}] for each dataset committed in the store."""
+    out = []
+    for name in PUSHABLE:
+        try:
+            raw = store.read_bytes(f"datasets/{name}/{MANIFEST}")
+            m = json.loads(raw)
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+        out.append({"dataset": name, "files": len(m["files"]), "bytes": sum(f["size"] for f in m["files"].values()),
+                    "digest": hashlib.sha256(raw).hexdigest()[:16]})
+    return out
+
+
+# ------------------------------------------------------------------------------------- data.root: store
+def dataset_uri(store: Store, dataset: str) -> str:
+    """Where ``dataset`` is pushed in ``store``, always as a URI (``file://`` for a local store; a URI keeps its
+    query string at the end), so a node that lacks the folder says so instead of looking in other places."""
+    uri = store.path("datasets", dataset)
+    return uri if "://" in uri else Path(uri).as_uri()
+
+
+def resolve_data_root(plan, store: Store):
+    """The plan with ``data.root: store`` replaced by the store's pushed copy (other plans: unchanged).
+
+    Planning keeps the literal ``store`` so node keys do not depend on where the store is; the executors call
+    this before running, so every worker gets a root it can load. Raises DataNotFoundError (one line) when the
+    dataset was not pushed into this store.
+    """
+    d = plan.sweep.data
+    if d.root != STORE_ROOT:
+        return plan
+    if d.dataset not in PUSHABLE:
+        raise DataNotFoundError(f"data.root: {STORE_ROOT} needs a pushed dataset ({', '.join(PUSHABLE)}), "
+                                f"not {d.dataset}")
+    if not store.exists(f"datasets/{d.dataset}/{MANIFEST}"):
+        raise DataNotFoundError(
+            f"data.root is `{STORE_ROOT}` but {d.dataset} was never pushed into {store.uri} (no "
+            f"datasets/{d.dataset}/{MANIFEST}): run `sweeper data push {d.dataset} --store {store.uri}` first")
+    data = d.model_copy(update={"root": dataset_uri(store, d.dataset)})
+    return dataclasses.replace(plan, sweep=plan.sweep.model_copy(update={"data": data}))
+
+
+# ---------------------------------------------------------------------------------- loading on a node
+def cache_dir() -> Path:
+    return Path(os.environ.get("SWEEPER_CACHE") or "~/.cache/sweeper").expanduser()
+
+
+def is_pushed(root: str) -> bool:
+    """A URI (``s3://...``, ``file://...``) or a local folder holding a pushed dataset's manifest.json."""
+    return "://" in root or Path(root, MANIFEST).expanduser().is_file()
+
+
+def _check_name(name: str, where: str) -> None:
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise CorruptDataset(f"{where}: manifest.json names a file {name!r} outside the dataset folder")
+
+
+def _cached_ok(path: Path, info: dict) -> bool:
+    try:
+        return path.stat().st_size == info["size"] and _sha_file(path) == info["sha256"]
+    except OSError:
+        return False
+
+
+def fetch(root: str, dataset: str, cache: Optional[Path] = None) -> Path:
+    """Copy a pushed dataset (a URI or folder with manifest.json) into the node-local cache; return that folder.
+
+    Cached files are checked (size and sha256) and reused; a missing or failing one is downloaded again, written
+    under a temp name and renamed into place (several processes on one node may fetch at once). A downloaded
+    file that does not match the manifest raises CorruptDataset naming it: a damaged store copy is never used.
+    """
+    src = Store(root)
+    try:
+        raw = src.read_bytes(MANIFEST)
+    except (FileNotFoundError, OSError) as e:
+        raise DataNotFoundError(f"{dataset}: no pushed dataset at {root} ({MANIFEST} unreadable: {e}); push it "
+                                f"with `sweeper data push {dataset} --store STORE`") from None
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+        ds_name = manifest["dataset"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptDataset(f"{dataset}: {root}/{MANIFEST} is not a dataset manifest") from None
+    if ds_name != dataset:
+        raise DataNotFoundError(f"{root} holds {ds_name}, not {dataset}")
+    dest = (cache or cache_dir()) / "datasets" / f"{dataset}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    for name, info in sorted(files.items()):
+        _check_name(name, root)
+        target = dest / name
+        if _cached_ok(target, info):
+            continue
+        try:
+            data = src.read_bytes(name)
+        except (FileNotFoundError, OSError) as e:
+            raise CorruptDataset(f"{dataset}: file {name} of the pushed dataset at {root} is missing or unreadable "
+                                 f"({e}); push it again (`sweeper data push {dataset} --store STORE --force`)"
+                                 ) from None
+        got = hashlib.sha256(data).hexdigest()
+        if len(data) != info["size"] or got != info["sha256"]:
+            raise CorruptDataset(
+                f"{dataset}: file {name} of the pushed dataset at {root} fails its check ({len(data)} bytes, "
+                f"sha256 {got[:16]}; manifest: {info['size']} bytes, {info['sha256'][:16]}); push it again "
+                f"(`sweeper data push {dataset} --store STORE --force`)")
+        _write_atomic(target, data)  # several processes of a node may do this at once: each renames a whole file
+    return dest
+
+
+def local_root(dataset: str, root: Optional[str]) -> Optional[str]:
+    """The folder :func:`sweeper.data.load` should read: ``root`` itself, or the local copy of a pushed one."""
+    if root is None or dataset == "toy":
+        return root
+    if root == STORE_ROOT:
+        raise ValueError(f"data.root `{STORE_ROOT}` was not resolved to a store; call "
+                         f"sweeper.data_store.resolve_data_root(plan, store) first (the executors do)")
+    return str(fetch(root, dataset)) if is_pushed(root) else root
