@@ -6,6 +6,8 @@ No Ray, no W&B, no torch here.
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -14,6 +16,25 @@ ARCHS = ("small_cnn", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densene
 Arch = Literal["small_cnn", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densenet121", "airbench"]
 KINDS = ("train", "synthesize", "evaluate", "transfer")
 AutoOrCount = Union[Literal["auto"], Annotated[int, Field(ge=1)]]  # "auto", or a whole number >= 1
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # sweep and stage names (ASCII only: they become paths and labels)
+
+# Sanity bounds (sweep files are input: an absurd number should fail here, not hours later in synthesis).
+# Every float must be finite (``allow_inf_nan=False`` below). Radii and step sizes are in [0,1] pixel units;
+# the tighter per-dataset eps bounds of ``eps_limit`` are checked by sweeper.spec, which knows the dataset.
+MAX_EPS = 1000.0        # any eps or attack/inversion step size, any dataset (the toy's features are not pixels)
+MAX_GRID_POINTS = 10_000  # default of run.max_grid_points: grid points summed over all stages
+IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def eps_limit(norm: str, dataset: str) -> Optional[tuple[float, str]]:
+    """(largest meaningful eps, why) for an attack on ``dataset``; None where only MAX_EPS applies (toy)."""
+    shape = IMAGE_SHAPES.get(dataset)
+    if shape is None:
+        return None
+    if norm == "linf":
+        return 1.0, "pixels are in [0,1], no pixel can move further than 1"
+    dims = shape[0] * shape[1] * shape[2]
+    return math.sqrt(dims), f"the diagonal of the [0,1] image cube, sqrt({dims})"
 
 
 class SpecError(Exception):
@@ -31,7 +52,7 @@ class SpecError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- sections
@@ -66,6 +87,7 @@ class RunSpec(_Strict):
     shard_size: int = Field(500, ge=1)
     max_failures: int = Field(2, ge=0)
     wandb: Literal["offline", "online", "disabled"] = "offline"
+    max_grid_points: int = Field(MAX_GRID_POINTS, ge=1)  # refuse sweeps whose stages have more points in all
     robust_curve: "RobustCurveSpec" = Field(default_factory=lambda: RobustCurveSpec())
 
     @field_validator("gpus_per_trial")
@@ -94,6 +116,8 @@ class TrainSpec(_Strict):
 
 def parse_fraction(v: Any) -> Any:
     """'8/255' -> 0.0313...; plain numbers pass through. No eval."""
+    if isinstance(v, bool):
+        raise ValueError(f"not a number (got {v!r}); expected a number or a fraction like '8/255'")
     if isinstance(v, str):
         parts = v.split("/")
         try:
@@ -103,15 +127,15 @@ def parse_fraction(v: Any) -> Any:
                 return float(parts[0]) / float(parts[1])
         except (ValueError, ZeroDivisionError):
             pass
-        raise ValueError(f"expected a number or a fraction like '8/255', got {v!r}")
+        raise ValueError(f"not a number or a fraction (got {v!r}); expected a number or a fraction like '8/255'")
     return v
 
 
 class AttackSpec(_Strict):
     norm: Literal["l2", "linf"]
-    eps: float = Field(ge=0)                      # radius of the ball, in [0,1] pixel units
+    eps: float = Field(ge=0, le=MAX_EPS)          # radius of the ball, in [0,1] pixel units
     steps: int = Field(10, ge=1)
-    step_size: Optional[float] = Field(None, gt=0)  # null: the attack's default (2.5 * eps / steps)
+    step_size: Optional[float] = Field(None, gt=0, le=MAX_EPS)  # null: the attack's default (2.5 * eps / steps)
     random_start: bool = False
     restarts: int = Field(1, ge=1)
 
@@ -135,7 +159,7 @@ RunSpec.model_rebuild()
 
 class InversionSpec(_Strict):
     steps: int = Field(300, ge=1)
-    step_size: float = Field(0.1, gt=0)
+    step_size: float = Field(0.1, gt=0, le=MAX_EPS)
     start: Literal["other_image", "noise"] = "other_image"
     loss: Literal["l2", "relative"] = "l2"
     step_decay: Literal["none", "cosine"] = "none"
@@ -222,8 +246,9 @@ class Sweep(_Strict):
     @classmethod
     def _stage_names(cls, v):
         for k in v:
-            if not isinstance(k, str) or not k.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"stage name {k!r} must match [A-Za-z0-9_-]+")
+            if not isinstance(k, str) or not NAME_PATTERN.fullmatch(k):
+                raise ValueError(f"invalid stage name (got {k!r}); expected letters, digits, _ and - only "
+                                 "([A-Za-z0-9_-]+)")
         return v
 
     @property

@@ -10,20 +10,46 @@ import copy
 import difflib
 import itertools
 import json
+import math
+import reprlib
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .schema import (ARCHS, KINDS, STAGE_MODELS, AttackSpec, DataSpec, EvaluateStage, InversionSpec,
-                     RobustCurveSpec, RunSpec, SpecError, Stage, Sweep, SynthesizeStage, ToySpec, TrainSpec,
-                     TrainStage, TransferStage, parse_fraction)
+from .schema import (ARCHS, KINDS, MAX_EPS, MAX_GRID_POINTS, NAME_PATTERN, STAGE_MODELS, AttackSpec, DataSpec,
+                     EvaluateStage, InversionSpec, RobustCurveSpec, RunSpec, SpecError, Stage, Sweep,
+                     SynthesizeStage, ToySpec, TrainSpec, TrainStage, TransferStage, eps_limit, parse_fraction)
 
-__all__ = ["ARCHS", "KINDS", "STAGE_MODELS", "AttackSpec", "DataSpec", "EvaluateStage", "InversionSpec",
-           "RobustCurveSpec", "RunSpec", "SpecError", "Stage", "Sweep", "SynthesizeStage", "ToySpec", "TrainSpec",
-           "TrainStage", "TransferStage", "parse_fraction", "load", "loads", "validate", "expand_stage",
-           "apply_overrides", "topo_order", "stage_refs", "dumps_point"]
+__all__ = ["ARCHS", "KINDS", "MAX_EPS", "MAX_GRID_POINTS", "MAX_VALUES", "MAX_YAML_ALIASES", "STAGE_MODELS",
+           "AttackSpec", "DataSpec", "EvaluateStage", "InversionSpec", "RobustCurveSpec", "RunSpec", "SpecError",
+           "Stage", "Sweep", "SynthesizeStage", "ToySpec", "TrainSpec", "TrainStage", "TransferStage",
+           "parse_fraction", "load", "loads", "validate", "expand_stage", "count_points", "apply_overrides",
+           "topo_order", "stage_refs", "dumps_point"]
+
+# Limits on the input itself, so that a small hostile or mistyped file fails in milliseconds (the number of
+# grid points has its own limit, run.max_grid_points, see schema.MAX_GRID_POINTS).
+MAX_YAML_ALIASES = 1_000  # uses of `*name` in one file (shipped sweeps use a handful)
+MAX_VALUES = 100_000      # values (mappings, lists, scalars, keys) in one file or stage, aliases expanded
+MAX_DEPTH = 64            # nesting levels inside one stage
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlevel = 80, 80, 3
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 6
+
+
+def _show(v: Any) -> str:
+    """repr for messages, bounded however large (or shared) the value is."""
+    return _short.repr(v)
+
+
+def _show_point(point: dict) -> str:
+    """'attack.eps=0.5, arch=mlp' for the grid-point note of a message (bounded)."""
+    def fmt(v):
+        return v if isinstance(v, str) and len(v) <= 80 else str(v) if isinstance(v, (int, float)) else _show(v)
+    return ", ".join(f"{k}={fmt(v)}" for k, v in point.items())
+
 
 # ---------------------------------------------------------------- grid / zip
 def _is_grid(v: Any) -> bool:
@@ -31,13 +57,30 @@ def _is_grid(v: Any) -> bool:
 
 
 def _walk_grids(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted path, grid list) for every `{grid: [...]}` leaf, in document order."""
-    out = []
-    if _is_grid(obj):
-        return [(prefix, obj["grid"])]
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
-    for k, v in items:
-        out += _walk_grids(v, f"{prefix}.{k}" if prefix else str(k))
+    """(dotted path, grid list) for every `{grid: [...]}` leaf, in document order.
+
+    Raises ValueError(path, message) past MAX_VALUES visited values or MAX_DEPTH levels: a mapping built in
+    Python (not read by :func:`load`) may share sub-lists and so be far larger than it looks."""
+    out: list[tuple[str, Any]] = []
+    seen = 0
+
+    def walk(o: Any, path: str, depth: int) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ValueError(path, f"too many values in this stage (got more than {MAX_VALUES:,}); expected at "
+                                   f"most {MAX_VALUES:,} values, shared sub-structures counted every time")
+        if depth > MAX_DEPTH:
+            raise ValueError(path, f"nested too deeply (got more than {MAX_DEPTH} levels); expected at most "
+                                   f"{MAX_DEPTH}")
+        if _is_grid(o):
+            out.append((path, o["grid"]))
+            return
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else []
+        for k, v in items:
+            walk(v, f"{path}.{k}" if path else str(k), depth + 1)
+
+    walk(obj, prefix, 0)
     return out
 
 
@@ -84,12 +127,11 @@ def _valid_path(model: type[BaseModel], parts: list[str]) -> Optional[str]:
     return None
 
 
-def expand_stage(raw_stage: dict) -> list[tuple[dict, dict]]:
-    """Expand a raw stage's grids (cartesian) and its stage-level `zip` (together) into concrete stages.
+def _stage_axes(raw_stage: dict) -> tuple[dict, list[list]]:
+    """(the stage without `zip`, its axes): one axis per grid, of (path, value); one for the zip, of tuples.
 
-    Returns [(point, concrete_raw_stage)], point = {dotted key: value}. Raises ValueError (with a dotted
-    key inside the stage as its first argument, the message as the second) on a malformed grid or zip.
-    """
+    The number of points is the product of the axis lengths (nothing is expanded here). Raises ValueError
+    (dotted key inside the stage, message) on a malformed grid or zip."""
     raw = {k: v for k, v in raw_stage.items() if k != "zip"}
     zipped = raw_stage.get("zip") or {}
     if not isinstance(zipped, dict):
@@ -115,15 +157,33 @@ def expand_stage(raw_stage: dict) -> list[tuple[dict, dict]]:
     if zipped:
         n = lengths.pop()
         axes.append([tuple((p, vals[i]) for p, vals in zipped.items()) for i in range(n)])
-    out = []
+    return raw, axes
+
+
+def count_points(raw_stage: dict) -> int:
+    """How many points a raw stage expands to (the product of its grid and zip lengths), without expanding."""
+    return math.prod(len(axis) for axis in _stage_axes(raw_stage)[1])
+
+
+def _iter_points(raw: dict, axes: list[list]):
+    """(point, concrete stage) one at a time, in cartesian order (the first point first)."""
     for combo in itertools.product(*axes):
         concrete, point = copy.deepcopy(raw), {}
         for item in combo:
             for path, value in (item if isinstance(item[0], tuple) else (item,)):
                 _set_path(concrete, path, value)
                 point[path] = value
-        out.append((point, concrete))
-    return out
+        yield point, concrete
+
+
+def expand_stage(raw_stage: dict) -> list[tuple[dict, dict]]:
+    """Expand a raw stage's grids (cartesian) and its stage-level `zip` (together) into concrete stages.
+
+    Returns [(point, concrete_raw_stage)], point = {dotted key: value}. Raises ValueError (with a dotted
+    key inside the stage as its first argument, the message as the second) on a malformed grid or zip.
+    Check :func:`count_points` first: this builds every point.
+    """
+    return list(_iter_points(*_stage_axes(raw_stage)))
 
 
 # ---------------------------------------------------------------- errors
@@ -159,7 +219,7 @@ def _convert(err: ValidationError, model: type[BaseModel], file: str, prefix: st
     alternatives = [x for x in errs if _clean_loc(x["loc"]) == loc and x["type"] != "extra_forbidden"]
     if e["type"] != "extra_forbidden" and len(alternatives) > 1:  # a union: say every accepted form
         wants = [x["msg"].removeprefix("Input should be ").split(",")[0] for x in alternatives]
-        got = f" (got {e['input']!r})" if "input" in e else ""
+        got = f" (got {_show(e['input'])})" if "input" in e else ""
         return SpecError(file, path, "expected " + " or ".join(dict.fromkeys(wants)) + got + note)
     if e["type"] == "extra_forbidden":
         holder = _model_at(model, loc)
@@ -168,22 +228,114 @@ def _convert(err: ValidationError, model: type[BaseModel], file: str, prefix: st
         msg = "unknown key" + (f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}")
     elif e["type"] == "missing":
         msg = "required key is missing"
+    elif e["type"] == "finite_number":
+        msg = f"not a finite number (got {_show(e.get('input'))}); expected a finite number"
+    elif e["type"] in ("less_than_equal", "less_than"):
+        bound = e.get("ctx", {}).get("le", e.get("ctx", {}).get("lt"))
+        msg = (f"too large (got {_show(e.get('input'))}); expected "
+               f"{'at most' if e['type'] == 'less_than_equal' else 'less than'} {bound:g}")
     else:
         msg = e["msg"].removeprefix("Value error, ")
         if "input" in e and e["type"] not in ("value_error",):
-            msg += f" (got {e['input']!r})"
+            msg += f" (got {_show(e['input'])})"
     return SpecError(file, path, msg + note)
 
 
 # ---------------------------------------------------------------- loading
+class _Limit(Exception):
+    """A YAML input limit hit while composing: (mark, message)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses more than MAX_YAML_ALIASES alias uses while composing; :func:`_yaml`
+    then checks the composed graph (duplicate keys, recursion, size with aliases expanded) before building
+    any Python object."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.alias_uses = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.alias_uses += 1
+            if self.alias_uses > MAX_YAML_ALIASES:
+                raise _Limit(self.peek_event().start_mark,
+                             f"too many YAML aliases (got more than {MAX_YAML_ALIASES:,} uses of *name); expected "
+                             f"at most {MAX_YAML_ALIASES:,} in one file")
+        return super().compose_node(parent, index)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_graph(root: yaml.Node, loader: _Loader, source: str) -> None:
+    """Refuse duplicate keys, an alias inside its own anchor, and more than MAX_VALUES values once aliases
+    are expanded (billion laughs). Each distinct node is visited once, so this is linear in the file."""
+    sizes: dict[int, int] = {}  # id(node) -> values under it, aliases expanded
+    open_: set[int] = set()
+
+    def visit(node: yaml.Node, path: str) -> int:
+        nid = id(node)
+        if nid in sizes:
+            return sizes[nid]
+        if nid in open_:
+            raise SpecError(source, path, f"a YAML alias refers to itself (got a recursive value, line "
+                                          f"{node.start_mark.line + 1}); expected an alias of a complete value "
+                                          "outside it")
+        open_.add(nid)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            for i, child in enumerate(node.value):
+                n += visit(child, f"{path}.{i}" if path else str(i))
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key: Any = "<<" if key_node.tag == _MERGE_TAG else "?"  # a merge key; a non-scalar key
+                if key_node.tag != _MERGE_TAG and isinstance(key_node, yaml.ScalarNode):
+                    key = loader.construct_object(key_node)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = lines.get(key)
+                        lines.setdefault(key, line)
+                    except TypeError:  # unhashable: construct_document reports it
+                        first = None
+                    if first is not None:
+                        where = f"{path}.{key}" if path else str(key)
+                        got = f"twice on line {line}" if first == line else f"on lines {first} and {line}"
+                        raise SpecError(source, where, f"duplicate key {key!r} (got it {got}); expected each key "
+                                                       "once per mapping (the last one would silently win)")
+                n += visit(key_node, path) + visit(value_node, f"{path}.{key}" if path else str(key))
+        open_.discard(nid)
+        if n > MAX_VALUES:
+            raise SpecError(source, path, f"too many values once YAML aliases are expanded (got {n:,}); expected "
+                                          f"at most {MAX_VALUES:,} in one file (an alias repeats its whole value)")
+        sizes[nid] = n
+        return n
+
+    visit(root, "")
+
+
 def _yaml(text: str, source: str) -> Any:
+    loader = _Loader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_graph(node, loader, source)
+        return loader.construct_document(node)
+    except _Limit as exc:
+        mark, message = exc.args
+        raise SpecError(source, f"line {mark.line + 1}, column {mark.column + 1}", message) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(source, where, f"YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise SpecError(source, "", "nested too deeply (got more levels than Python can read); expected a "
+                                    "sweep file nested a few levels deep") from None
+    finally:
+        loader.dispose()
 
 
 def load(path: str | Path) -> Sweep:
@@ -204,37 +356,86 @@ def validate(raw: Any, source: str = "<dict>") -> Sweep:
     """Validate an already-parsed sweep mapping (e.g. after :func:`apply_overrides`)."""
     if not isinstance(raw, dict):
         raise SpecError(source, "", "expected a mapping with keys name, data, stages (and seed, run, description)")
+    if isinstance(raw.get("stages"), dict):
+        for name in raw["stages"]:
+            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+                raise SpecError(source, f"stages.{name}", f"invalid stage name (got {_show(name)}); expected "
+                                                          "letters, digits, _ and - only ([A-Za-z0-9_-]+)")
     try:
         sweep = Sweep.model_validate(raw)
     except ValidationError as exc:
         raise _convert(exc, Sweep, source, "") from None
     sweep._source = source
-    for name, stage in sweep.stages.items():
-        sweep._points[name] = _expand_validate(name, stage, source)
+    # count every stage's points by multiplying grid lengths, and refuse too many, before expanding any
+    axes = {name: _stage_axes_checked(name, stage, source) for name, stage in sweep.stages.items()}
+    sizes = {name: math.prod(len(a) for a in ax[1]) for name, ax in axes.items()}
+    total, cap = sum(sizes.values()), sweep.run.max_grid_points
+    if total > cap:
+        big = max(sizes, key=sizes.get)
+        lens = [len(a) for a in axes[big][1]]
+        how = f" = {' x '.join(map(str, lens))}" if len(lens) > 1 else ""
+        raise SpecError(source, f"stages.{big}", f"too many grid points (got {total:,} grid points in the sweep, "
+                                                 f"{sizes[big]:,}{how} in this stage); expected at most {cap:,} "
+                                                 "(run.max_grid_points)")
+    rc = sweep.run.robust_curve.attack
+    if isinstance(rc, AttackSpec):
+        _check_eps(rc, sweep.data.dataset, source, "run.robust_curve.attack", "")
+    for name, (raw_stage, stage_axes) in axes.items():
+        sweep._points[name] = _expand_validate(name, sweep.stages[name]["kind"], raw_stage, stage_axes, source,
+                                               sweep.data.dataset)
     _check_refs(sweep, source)
     return sweep
 
 
-def _expand_validate(name: str, stage: Any, source: str) -> list[tuple[dict, BaseModel]]:
+def _stage_axes_checked(name: str, stage: Any, source: str) -> tuple[dict, list[list]]:
     where = f"stages.{name}"
     if not isinstance(stage, dict):
         raise SpecError(source, where, "expected a mapping with a 'kind'")
     kind = stage.get("kind")
     if kind not in STAGE_MODELS:
-        raise SpecError(source, f"{where}.kind", f"expected one of {', '.join(KINDS)} (got {kind!r})")
+        raise SpecError(source, f"{where}.kind", f"expected one of {', '.join(KINDS)} (got {_show(kind)})")
     try:
-        points = expand_stage(stage)
+        return _stage_axes(stage)
     except ValueError as exc:
         key, msg = exc.args if len(exc.args) == 2 else ("", str(exc))
         raise SpecError(source, f"{where}.{key}" if key else where, msg) from None
-    out = []
-    for point, concrete in points:
+
+
+def _expand_validate(name: str, kind: str, raw: dict, axes: list[list], source: str,
+                     dataset: str) -> list[tuple[dict, BaseModel]]:
+    """Validate the points one at a time: the first point (the structure) before the others are built."""
+    where, out = f"stages.{name}", []
+    for point, concrete in _iter_points(raw, axes):
+        note = f" [at grid point {_show_point(point)}]" if point else ""
         try:
-            out.append((point, STAGE_MODELS[kind].model_validate(concrete)))
+            model = STAGE_MODELS[kind].model_validate(concrete)
         except ValidationError as exc:
-            note = f" [at grid point {', '.join(f'{k}={v}' for k, v in point.items())}]" if point else ""
             raise _convert(exc, STAGE_MODELS[kind], source, where, note) from None
+        for field, attack in _attacks(model):
+            _check_eps(attack, dataset, source, f"{where}.{field}", note)
+        out.append((point, model))
     return out
+
+
+def _attacks(model: BaseModel) -> list[tuple[str, AttackSpec]]:
+    """(field path, attack) for every attack of a concrete stage."""
+    if isinstance(model, TrainStage):
+        return [("adversarial", model.adversarial)] if model.adversarial else []
+    if isinstance(model, SynthesizeStage):
+        return [("attack", model.attack)] if model.attack else []
+    if isinstance(model, EvaluateStage):
+        return [(f"attacks.{i}", a) for i, a in enumerate(model.attacks)]
+    return []
+
+
+def _check_eps(attack: AttackSpec, dataset: str, source: str, path: str, note: str) -> None:
+    """The per-dataset bound on eps (the schema only knows MAX_EPS): L-inf <= 1 and L2 <= the image cube's
+    diagonal for images in [0,1]; the toy's Gaussian features keep MAX_EPS."""
+    limit = eps_limit(attack.norm, dataset)
+    if limit and attack.eps > limit[0]:
+        cap, why = limit
+        raise SpecError(source, f"{path}.eps", f"{attack.norm} eps too large for {dataset} (got {attack.eps:g}); "
+                                               f"expected at most {cap:.4g}: {why}{note}")
 
 
 def stage_refs(model: BaseModel) -> list[tuple[str, str, tuple[str, ...]]]:
