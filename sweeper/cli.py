@@ -6,6 +6,9 @@
     sweeper validate-cluster FILE   check a `ray up` cluster file offline (Ray's schema + sweeper's needs)
     sweeper submit FILE --address URL   run a sweep on a Ray cluster as a job (resubmitting resumes)
     sweeper status JOB --address URL / sweeper logs JOB --address URL
+    sweeper wandb FILE [--to DIR]   copy the sweep's offline W&B runs out of the store, for `wandb sync`
+    sweeper data push DATASET --store URI [--from DIR]   copy a dataset into the store (data.root: store)
+    sweeper data list --store URI                        the datasets pushed into a store
 
 User mistakes (a bad sweep file, missing data) print one clear line and exit non-zero, without a traceback.
 """
@@ -49,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a value of the sweep file (VALUE is YAML), e.g. "
                         "--set 'stages.d_det.attack.eps={grid: [0.25, 0.5]}'; repeatable")
     s.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    s = sub.add_parser("data", help="datasets in the store: push once, every node loads and checks that copy")
+    dsub = s.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("push", help="copy a dataset's files into <store>/datasets/DATASET (manifest written last)")
+    d.add_argument("dataset", choices=["fashion_mnist", "cifar10"])
+    d.add_argument("--store", required=True, help="artifact store (path or URI, e.g. s3://bucket/store)")
+    d.add_argument("--from", dest="src", default=None, metavar="DIR",
+                   help="fashion_mnist: the folder of the four IDX files (default /usr/share/datasets/fashion-mnist);"
+                        " cifar10: the folder holding cifar-10-batches-py, or that folder itself "
+                        "(default ~/.cache/sweeper/data)")
+    d.add_argument("--force", action="store_true", help="send every file again, even those the store has")
+    d = dsub.add_parser("list", help="print the datasets pushed into a store")
+    d.add_argument("--store", required=True, help="artifact store (path or URI)")
+    s = sub.add_parser("wandb", help="copy the offline W&B runs of every node (any store) to a local folder for "
+                                     "`wandb sync`")
+    s.add_argument("file", help="the sweep file")
+    s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
+    s.add_argument("--to", default=None, metavar="DIR",
+                   help="where to put them (default: wandb-runs/<sweep name>); a local store is used in place")
     for name, help_ in [("status", "print a submitted job's status"), ("logs", "print a submitted job's logs")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("job", help="the job id printed by `sweeper submit`")
@@ -112,14 +133,16 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_validate_cluster(args) -> int:
-    from .cluster import validate_cluster
+    from .cluster import check_cluster
 
-    problems = validate_cluster(args.file)
+    problems, warnings = check_cluster(args.file)
     for p in problems:
         print(p, file=sys.stderr)
+    for w in warnings:  # printed, but the file is still valid (exit 0) when nothing else is wrong
+        print(f"warning: {w}", file=sys.stderr)
     if problems:
         return 1
-    print(f"{args.file}: valid")
+    print(f"{args.file}: valid" + (f" ({len(warnings)} warning(s) above)" if warnings else ""))
     return 0
 
 
@@ -167,6 +190,39 @@ def _cmd_logs(args) -> int:
     return 0
 
 
+def _cmd_data(args) -> int:
+    from .data_store import list_pushed, push
+    from .store import Store
+
+    store = Store(args.store)
+    if args.data_command == "push":
+        push(args.dataset, store, args.src, force=args.force)
+        return 0
+    found = list_pushed(store)
+    for d in found:
+        print(f"{d['dataset']:<14} {d['files']} files {d['bytes']:>13,} bytes  manifest {d['digest']}")
+    if not found:
+        print(f"no datasets pushed into {store.uri} (sweeper data push DATASET --store {store.uri})")
+    return 0
+
+
+def _cmd_wandb(args) -> int:
+    from .tracking import download_runs, offline_run_files
+
+    sweep, _, store = _load(args)
+    if store.is_local and args.to is None:
+        runs = sorted({os.path.dirname(f) for f in offline_run_files(store.local_path("wandb"))})
+    else:
+        dest = os.path.abspath(args.to or os.path.join("wandb-runs", sweep.name))
+        runs = download_runs(store, dest)
+    if not runs:
+        print(f"no offline W&B runs in {store.path('wandb')} (run with --wandb offline)", file=sys.stderr)
+        return 1
+    print(f"{len(runs)} offline W&B run(s) in {os.path.dirname(runs[0])}; upload them with:")
+    print(f"  wandb sync {os.path.dirname(runs[0])}/offline-run-*")
+    return 0
+
+
 def _print_written(written: dict) -> None:
     for name, path in written.items():
         print(f"wrote {path}")
@@ -175,6 +231,7 @@ def _print_written(written: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataNotFoundError
     from .spec import SpecError
+    from .store import StoreError
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -182,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--executor local runs everything in this process; it cannot take --address")
     handler = {"plan": _cmd_plan, "run": _cmd_run, "report": _cmd_report,
                "validate-cluster": _cmd_validate_cluster, "submit": _cmd_submit, "status": _cmd_status,
-               "logs": _cmd_logs}[args.command]
+               "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb}[args.command]
     try:
         return handler(args)
     except SpecError as e:
@@ -191,11 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     except DataNotFoundError as e:
         print(f"sweeper: {e}", file=sys.stderr)
         return 3
+    except StoreError as e:
+        print(f"sweeper: {e}", file=sys.stderr)
+        return 2
     except FileNotFoundError as e:
         print(f"sweeper: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        if type(e).__name__ in ("ShardFailed", "TrialsFailed"):  # work failed after its retries
+        if type(e).__name__ in ("ShardFailed", "TrialsFailed", "Incomplete", "CorruptArtifact"):  # work failed after its retries
             print(f"sweeper: {e}\nsweeper: finished work is kept in the store; run the same command again to "
                   "resume", file=sys.stderr)
             return 5
@@ -203,9 +263,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweeper: {e}", file=sys.stderr)
             return 4
         raise
-    except KeyboardInterrupt:
-        print("\nsweeper: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (executor.Interrupted)
+        import signal
+
+        from .executor import RECEIVED
+
+        signum = getattr(e, "signum", None) or (RECEIVED[-1] if RECEIVED else signal.SIGINT)
+        print(f"\nsweeper: interrupted ({signal.Signals(signum).name}); finished work is kept in the store; run "
+              "the same command again to resume", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

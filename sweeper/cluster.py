@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,11 +30,6 @@ EXCLUDES = [".venv", ".venv/**", "store", "store/**", "data", "data/**", "wandb"
 SUBMIT_DIR = ".sweeper-submit"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
-AUTH_HELP = ("the Ray cluster refused the request (token authentication). Give sweeper the cluster's token: "
-             "export RAY_AUTH_TOKEN=<token> (on the head: `ray get-auth-token`, or `cat ~/.ray/auth_token`), or "
-             "put it in ~/.ray/auth_token here, or set RAY_AUTH_TOKEN_PATH to a file holding it")
-
-
 class ClusterError(Exception):
     """A user-facing problem with the cluster or a job (printed without a traceback)."""
 
@@ -43,11 +39,137 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path)
 
 
+COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                "head_start_ray_commands", "worker_start_ray_commands")
+NODE_COMMAND_KEYS = ("initialization_commands", "worker_setup_commands")
+# Folders that `ray up` should not copy to every node: validate-cluster warns when a mounted folder holds one of
+# these (top-level names, fnmatch patterns) that rsync_exclude / rsync_filter do not exclude.
+HEAVY = (".venv", "venv", "store", "runs", "data", "wandb", ".git", ".sweeper-submit", "build", "dist",
+         ".pytest_cache", "__pycache__", ".mypy_cache", ".ruff_cache", "node_modules", "*.egg-info")
+
+
+def _commands(cfg: dict) -> list[tuple[tuple, Any]]:
+    """(key path, value) of every command list in the file, top level and per node type."""
+    out = [((k,), cfg[k]) for k in COMMAND_KEYS if k in cfg]
+    types = cfg.get("available_node_types")
+    if isinstance(types, dict):
+        out += [(("available_node_types", name, k), nt[k]) for name, nt in types.items()
+                if isinstance(nt, dict) for k in NODE_COMMAND_KEYS if k in nt]
+    return out
+
+
+def _command_checks(cfg: dict) -> list[tuple[str, str]]:
+    out = []
+    for path, value in _commands(cfg):
+        key = _key(path)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            out.append((key, f"is a string ({value[:40]!r}), not a list of commands; write one `- command` line "
+                             "per command under it (a YAML list)"))
+        elif not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            out.append((key, "must be a list of shell commands (strings), one `- command` line each"))
+    return out
+
+
+def _count_checks(cfg: dict) -> list[tuple[str, str]]:
+    """max_workers / min_workers: whole numbers >= 0, min <= max (Ray's schema checks only the top level)."""
+    out = []
+
+    def bad(v) -> bool:
+        return v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)
+
+    if bad(cfg.get("max_workers")):
+        out.append(("max_workers", f"{cfg['max_workers']!r} is not a whole number >= 0 (the most worker nodes "
+                                   "of all types together)"))
+    types = cfg.get("available_node_types")
+    for name, nt in (types.items() if isinstance(types, dict) else []):
+        if not isinstance(nt, dict):
+            continue
+        for k in ("min_workers", "max_workers"):
+            if bad(nt.get(k)):
+                out.append((f"available_node_types.{name}.{k}",
+                            f"{nt[k]!r} is not a whole number >= 0 (how many nodes of this type)"))
+        lo, hi = nt.get("min_workers"), nt.get("max_workers")
+        if isinstance(lo, int) and isinstance(hi, int) and not bad(lo) and not bad(hi) and lo > hi:
+            out.append((f"available_node_types.{name}.min_workers",
+                        f"{lo} is more than max_workers ({hi}); lower it or raise max_workers"))
+    return out
+
+
+def _excluded(name: str, patterns: list[str]) -> bool:
+    """Whether rsync's --exclude patterns (as Ray passes rsync_exclude) exclude a top-level folder ``name`` of a
+    mounted folder. Simplified rsync rules: a trailing / means folders only (ours are folders), a leading / anchors
+    at the mounted folder, a leading **/ matches at any depth; a pattern with another / cannot match a top-level
+    name."""
+    for pat in patterns:
+        if not isinstance(pat, str):
+            continue
+        pat = pat.strip()
+        if pat.startswith("- "):  # a filter-file rule
+            pat = pat[2:].strip()
+        pat = pat.rstrip("/")
+        if pat.endswith("/***"):
+            pat = pat[:-4]
+        while pat.startswith("**/"):
+            pat = pat[3:]
+        pat = pat[1:] if pat.startswith("/") else pat
+        if pat and "/" not in pat and fnmatchcase(name, pat):
+            return True
+    return False
+
+
+def _mount_checks(cfg: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(problems, warnings) about file_mounts: a local source that does not exist (`ray up` would fail after
+    starting the head), and a mounted folder holding heavy folders (.venv, store, wandb, ...) that rsync_exclude
+    and rsync_filter do not exclude (`ray up` would copy them to every node). Relative sources are resolved
+    from the current directory, as `ray up` does."""
+    mounts = cfg.get("file_mounts")
+    if not isinstance(mounts, dict):
+        return [], []
+    excludes = cfg.get("rsync_exclude") if isinstance(cfg.get("rsync_exclude"), list) else []
+    filters = cfg.get("rsync_filter") if isinstance(cfg.get("rsync_filter"), list) else []
+    problems, warnings = [], []
+    for remote, local in mounts.items():
+        key = f"file_mounts.{remote}"
+        if not isinstance(local, str) or not local.strip():
+            problems.append((key, f"{local!r} is not a local path"))
+            continue
+        src = Path(os.path.expanduser(local))
+        where = src if src.is_absolute() else Path.cwd() / src
+        if not src.exists():
+            problems.append((key, f"the local source {local!r} does not exist ({where}; `ray up` resolves relative "
+                                  "paths from the directory it runs in): fix the path or run from the project "
+                                  "root"))
+            continue
+        if not src.is_dir():
+            continue
+        patterns = list(excludes)
+        for f in filters:  # per-folder filter files (e.g. .gitignore): their lines are exclude rules
+            if isinstance(f, str):
+                try:
+                    patterns += [ln for ln in (src / f).read_text().splitlines()
+                                 if ln.strip() and not ln.lstrip().startswith(("#", "!", "+"))]
+                except OSError:
+                    pass
+        try:
+            names = sorted(e.name for e in src.iterdir() if e.is_dir())
+        except OSError:
+            continue
+        heavy = [n for n in names if any(fnmatchcase(n, h) for h in HEAVY) and not _excluded(n, patterns)]
+        if heavy:
+            warnings.append((key, f"the mounted folder {local!r} ({where}) holds {', '.join(heavy)}, which "
+                                  "rsync_exclude does not exclude: `ray up` would copy them to every node; add "
+                                  f"them to rsync_exclude (e.g. {', '.join(repr(h + '/') for h in heavy[:3])})"))
+    return problems, warnings
+
+
 def _sweeper_checks(cfg: dict, text: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = _command_checks(cfg) + _count_checks(cfg)
     types = cfg.get("available_node_types")
     if not isinstance(types, dict) or not types:
-        return [("available_node_types", "missing or empty; declare a head type and at least one GPU worker type")]
+        return out + [("available_node_types",
+                       "missing or empty; declare a head type and at least one GPU worker type")]
     head = cfg.get("head_node_type")
     if head not in types:
         out.append(("head_node_type", f"{head!r} is not one of available_node_types ({', '.join(types)}); "
@@ -75,9 +197,8 @@ def _sweeper_checks(cfg: dict, text: str) -> list[tuple[str, str]]:
     if not gpu_workers:
         out.append(("available_node_types", "no worker type has integer GPU resources >= 1; add one with "
                                             "`resources: {GPU: 1}` (and a GPU instance type)"))
-    cmds = [c for c in (cfg.get("setup_commands") or []) + (cfg.get("worker_setup_commands") or [])
-            if isinstance(c, str)]
-    if not any("sweeper" in c for c in cmds):
+    cmds = [c for k in ("setup_commands", "worker_setup_commands") if isinstance(cfg.get(k), list) for c in cfg[k] if isinstance(c, str)]
+    if not any("sweeper" in c for c in cmds) and not any(k == "setup_commands" for k, _ in out):
         out.append(("setup_commands", "no command installs sweeper; add e.g. "
                                       "`python3 -m pip install -e /home/ubuntu/sweeper` (with a file_mounts entry)"))
     if any_workers and not re.search(r"\b(s3|gs)://", text):
@@ -95,8 +216,15 @@ def _ray_checks(cfg: dict) -> list[tuple[str, str]]:
     log = logging.getLogger("ray.autoscaler._private.util")
     level = log.level
     log.setLevel(logging.WARNING)
+    cfg = copy.deepcopy(cfg)
+    for path, value in _commands(cfg):  # reported by _command_checks; Ray's prepare_config crashes on a string
+        if isinstance(value, str):
+            node = cfg
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = [value]
     try:
-        validate_config(prepare_config(copy.deepcopy(cfg)))
+        validate_config(prepare_config(cfg))
     except Exception as exc:  # noqa: BLE001 - jsonschema.ValidationError, ValueError, KeyError, ...
         path = getattr(exc, "absolute_path", None)
         msg = getattr(exc, "message", None) or str(exc).split("\n")[0] or type(exc).__name__
@@ -111,55 +239,68 @@ def _ray_checks(cfg: dict) -> list[tuple[str, str]]:
     return []
 
 
-def validate_cluster(path: str | os.PathLike) -> list[str]:
-    """Problems with a Ray cluster launcher file, each as 'FILE: key.path: message; what to do'. Empty = valid."""
+def check_cluster(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a Ray cluster launcher file, each as 'FILE: key.path: message; what to do'.
+    Problems make it invalid; warnings (e.g. heavy folders that `ray up` would copy to every node) do not."""
     name = str(path)
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        return [f"{name}: cannot read: {exc}"]
+        return [f"{name}: cannot read: {exc}"], []
     try:
         cfg = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return [f"{name}: {where}YAML syntax error: {getattr(exc, 'problem', None) or exc}"]
+        return [f"{name}: {where}YAML syntax error: {getattr(exc, 'problem', None) or exc}"], []
     if not isinstance(cfg, dict):
-        return [f"{name}: expected a mapping (cluster_name, provider, available_node_types, ...)"]
+        return [f"{name}: expected a mapping (cluster_name, provider, available_node_types, ...)"], []
     problems = _sweeper_checks(cfg, text)
+    mount_problems, warnings = _mount_checks(cfg)
+    problems += mount_problems
     seen = {k for k, _ in problems}
     for key, msg in _ray_checks(cfg):
         if key not in seen:  # ours already said it with a fix (e.g. fractional GPU, unknown head type)
             if not (key == "" and "head_node_type" in msg and "head_node_type" in seen):
                 problems.append((key, msg))
-    return [f"{name}: {k}: {m}" if k else f"{name}: {m}" for k, m in problems]
+
+    def fmt(items):
+        return [f"{name}: {k}: {m}" if k else f"{name}: {m}" for k, m in items]
+
+    return fmt(problems), fmt(warnings)
+
+
+def validate_cluster(path: str | os.PathLike) -> list[str]:
+    """Problems with a Ray cluster launcher file, each as 'FILE: key.path: message; what to do'. Empty = valid
+    (warnings aside: see check_cluster)."""
+    return check_cluster(path)[0]
 
 
 # ------------------------------------------------------------------ jobs
-def _token() -> Optional[str]:
-    tok = os.environ.get("RAY_AUTH_TOKEN")
-    if tok:
-        return tok.strip()
-    p = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    try:
-        return p.read_text().strip() or None
-    except OSError:
-        return None
+def _auth_error(address: str) -> "ClusterError":
+    """One line for a request the cluster refused (401/403): no token here, or the wrong one."""
+    from .rayauth import find_token, missing_token_message, refused_token_message
+
+    tok, where = find_token()
+    return ClusterError(refused_token_message(address, where) if tok else missing_token_message(address, where))
 
 
 def _client(address: str):
     """A JobSubmissionClient that sends the cluster token explicitly when one is available (RAY_AUTH_TOKEN,
-    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): Ray only adds it itself when this process runs in token mode."""
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, as rayauth.find_token reads them): Ray only adds it itself when
+    this process runs in token mode. A cluster without authentication ignores the header (measured, Ray 2.60)."""
     import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    tok = _token()
+    from .rayauth import find_token
+
+    tok, _ = find_token()
     headers = {"Authorization": f"Bearer {tok}"} if tok else None
     try:
         return JobSubmissionClient(address, headers=headers)
     except AuthenticationError:
-        raise ClusterError(f"{address}: {AUTH_HELP}") from None
+        raise _auth_error(address) from None
     except (ConnectionError, requests.ConnectionError) as exc:
         raise ClusterError(f"cannot reach the Ray dashboard at {address} ({str(exc).splitlines()[0]}); is the "
                            "cluster up and the port forwarded (`ray dashboard cluster.yaml`)?") from None
@@ -176,7 +317,7 @@ def _call(address: str, fn, retry_connection: bool = False):
             raise
         raise ClusterError(f"{address}: connection lost ({str(exc).splitlines()[0]}); try again") from None
     except AuthenticationError:
-        raise ClusterError(f"{address}: {AUTH_HELP}") from None
+        raise _auth_error(address) from None
     except RuntimeError as exc:  # unknown job id and other server-side refusals
         raise ClusterError(f"{address}: {str(exc).splitlines()[0]}") from None
 
@@ -264,15 +405,20 @@ def _excludes(root: Path) -> list[str]:
 def _submit_retrying(address: str, entrypoint: str, job_id: str, runtime_env: dict) -> None:
     import requests
 
-    for attempt in range(4):  # a just-started dashboard can drop the package upload
+    # A just-started dashboard can drop the package upload, or answer 500 "No available agent to submit job"
+    # until the head's job agent has registered (seen in tests, seconds after the dashboard first answered).
+    for attempt in range(6):
         try:
             _call(address, lambda c: c.submit_job(entrypoint=entrypoint, submission_id=job_id,
                                                   runtime_env=runtime_env), retry_connection=True)
             break
         except requests.ConnectionError as exc:
-            if attempt == 3:
+            if attempt == 5:
                 raise ClusterError(f"cannot submit to {address}: {str(exc).splitlines()[0]}") from None
-            time.sleep(2 * (attempt + 1))
+        except ClusterError as exc:
+            if "No available agent" not in str(exc) or attempt == 5:
+                raise
+        time.sleep(2 * (attempt + 1))
 
 
 def status(address: str, job_id: str) -> str:

@@ -6,7 +6,11 @@ training node continues from its last per-epoch checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -14,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import stages, tracking
+from .data_store import resolve_data_root
 from .plan import Plan
 from .store import Store
 
@@ -24,26 +29,95 @@ def _default_log(msg: str) -> None:
     print(msg, flush=True)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the run stops where it is; what finished is in the store."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+RECEIVED: list[int] = []  # the signals stop_on_signals() turned into Interrupted, in order
+
+
+class Incomplete(RuntimeError):
+    """The run ended but some node it was asked for is not verified done in the store."""
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While running: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (Ray's driver turns SIGTERM
+    into a bare exit, and Ray Tune would catch SIGINT and end "gracefully"); the old handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        RECEIVED.append(signum)  # Ray's wait loops re-raise any exception from a handler as a bare KeyboardInterrupt
+        raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def verify_reads(plan: Plan, store: Store, log: Log) -> list[str]:
+    """Check every sha256 of the finished nodes this run will read (the inputs of the nodes still to do). A
+    damaged one is reported once with its label and key, moved aside (store.quarantine) and so computed again
+    in this run. Returns the keys moved aside."""
+    moved: list[str] = []
+    checked: set[str] = set()
+    while True:
+        todo = {k for k in plan.nodes if not store.is_done(k)}
+        reads = {i for k in todo for i in plan.nodes[k].inputs.values()} - todo - checked
+        if not reads:
+            return moved
+        for key in sorted(reads):
+            checked.add(key)
+            damage = store.damage(key)
+            if damage is not None:
+                where = store.quarantine(key, damage)
+                moved.append(key)
+                log(f"sweeper: warning: {plan.nodes[key].label} ({key}): stored artifact is damaged ({damage}); "
+                    f"moved aside to {where}, computing it again")
+
+
+def check_done(plan: Plan, store: Store) -> None:
+    missing = [n for n in plan.nodes.values() if not store.is_done(n.key)]
+    if missing:
+        names = ", ".join(f"{n.label} ({n.key})" for n in missing[:5])
+        raise Incomplete(f"{len(missing)} node(s) of the plan are not done after the run: {names}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+
+
 def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int | None = None,
              wandb_mode: str | None = None) -> dict:
     """Execute every node of ``plan`` not yet done, in this process. Returns counts of work done/skipped."""
+    plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
     if threads:
         torch.set_num_threads(threads)
+    store.claim()
     store.clean_tmp()
     done, ran = 0, 0
     quiet = not sys.stderr.isatty()
     total = len(plan.nodes)
-    for i, node in enumerate(plan.nodes.values(), 1):
-        if store.is_done(node.key):
-            done += 1
-            log(f"[{i}/{total}] {node.kind:<10} {node.label}: done, skipped")
-            continue
-        t0 = time.time()
-        log(f"[{i}/{total}] {node.kind:<10} {node.label} ({node.key}) ...")
-        with tracking.tracked(plan, node, store, wandb_mode) as wb:
-            summary = _run_node(plan, node, store, wb, quiet)
-        ran += 1
-        log(f"    {summary} [{time.time() - t0:.1f} s]")
+    with stop_on_signals():
+        verify_reads(plan, store, log)
+        for i, node in enumerate(plan.nodes.values(), 1):
+            if store.is_done(node.key):
+                done += 1
+                log(f"[{i}/{total}] {node.kind:<10} {node.label}: done, skipped")
+                continue
+            t0 = time.time()
+            log(f"[{i}/{total}] {node.kind:<10} {node.label} ({node.key}) ...")
+            with tracking.tracked(plan, node, store, wandb_mode) as wb:
+                summary = _run_node(plan, node, store, wb, quiet)
+            ran += 1
+            log(f"    {summary} [{time.time() - t0:.1f} s]")
+    check_done(plan, store)
     return {"ran": ran, "skipped": done, "total": total}
 
 
@@ -130,6 +204,7 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     ``"auto"`` or ``"HOST:PORT"`` joins a running cluster. Transfer probes are cheap forward passes and run
     in the driver. Progress bars show shards and epochs on a terminal; elsewhere one line per finished unit.
     """
+    plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
     import os
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -141,44 +216,61 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     sweep, run = plan.sweep, plan.sweep.run
     data_spec, seed = sweep.data.model_dump(), int(sweep.seed)
     quiet = not sys.stderr.isatty()
+    store.claim()
     store.clean_tmp()
     started = not ray.is_initialized()
     if started:
         address = address or local_address()
         local = address == "local"
-        ray.init(address=address, num_cpus=num_cpus if local else None, include_dashboard=False,
-                 object_store_memory=(512 << 20) if local else None,  # tensors go through the store, not Ray
-                 log_to_driver=False, configure_logging=False)
+        if not local:  # joining a running cluster: token authentication as the cluster needs it (rayauth)
+            from .cluster import ClusterError
+            from .rayauth import prepare_join
+
+            prepare_join(address)
+        try:
+            ray.init(address=address, num_cpus=num_cpus if local else None, include_dashboard=False,
+                     object_store_memory=(512 << 20) if local else None,  # tensors go through the store, not Ray
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+            if local:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            raise ClusterError(f"cannot join the Ray cluster at {address}: {first}; is the cluster up and the "
+                               "address its head's GCS address (HOST:PORT of `ray start --head --port`)?") from None
         res = ray.cluster_resources()
         log(f"Ray: {'local, started by sweeper' if local else address}; {res.get('CPU', 0):g} CPU, "
             f"{res.get('GPU', 0):g} GPU, {len([n for n in ray.nodes() if n['Alive']])} node(s)")
     ran = skipped = 0
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C stops the run (stop_on_signals), not just Tune
     try:
-        for depth, wave in enumerate(plan.waves()):
-            todo = [n for n in wave if not store.is_done(n.key)]
-            skipped += len(wave) - len(todo)
-            if not todo:
-                continue
-            log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
-            synth = [n for n in todo if n.kind == "synthesize"]
-            if synth:
-                _synthesize_wave(plan, synth, store, wandb_mode, log, quiet)
-            trials = [n for n in todo if n.kind in ("train", "evaluate")]
-            if trials:
-                t0 = time.time()
-                run_trials(trials, plan=plan, store=store, run_spec=run, wandb_mode=wandb_mode, log=log,
-                           quiet=quiet)
-                log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s")
-            for node in [n for n in todo if n.kind == "transfer"]:
-                with tracking.tracked(plan, node, store, wandb_mode) as wb:
-                    m = stages.run_transfer(node, data_spec, seed, store)
-                    wb.log({"target_rate": m["target_rate"], "original_rate": m["original_rate"]})
-                log(f"  transfer {node.label}: reads target {m['target_rate']:.3f}, original "
-                    f"{m['original_rate']:.3f}")
-            ran += len(todo)
+        with stop_on_signals():
+            verify_reads(plan, store, log)
+            for depth, wave in enumerate(plan.waves()):
+                todo = [n for n in wave if not store.is_done(n.key)]
+                skipped += len(wave) - len(todo)
+                if not todo:
+                    continue
+                log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
+                synth = [n for n in todo if n.kind == "synthesize"]
+                if synth:
+                    _synthesize_wave(plan, synth, store, wandb_mode, log, quiet)
+                trials = [n for n in todo if n.kind in ("train", "evaluate")]
+                if trials:
+                    t0 = time.time()
+                    run_trials(trials, plan=plan, store=store, run_spec=run, wandb_mode=wandb_mode, log=log,
+                               quiet=quiet)
+                    log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s")
+                for node in [n for n in todo if n.kind == "transfer"]:
+                    with tracking.tracked(plan, node, store, wandb_mode) as wb:
+                        m = stages.run_transfer(node, data_spec, seed, store)
+                        wb.log({"target_rate": m["target_rate"], "original_rate": m["original_rate"]})
+                    log(f"  transfer {node.label}: reads target {m['target_rate']:.3f}, original "
+                        f"{m['original_rate']:.3f}")
+                ran += len(todo)
     finally:
         if started:
             ray.shutdown()
+    check_done(plan, store)
     return {"ran": ran, "skipped": skipped, "total": len(plan.nodes)}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import sys
 import time
 from typing import Any, Callable
 
@@ -97,8 +98,24 @@ def seed_for(*parts: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _ckpt_path(key: str) -> str:
-    return f"checkpoints/{key}.pt"
+def _ckpt_path(key: str, epoch: int) -> str:
+    return f"checkpoints/{key}/{int(epoch):05d}.pt"
+
+
+def _load_checkpoint(store: Store, key: str, label: str):
+    """The newest intact per-epoch checkpoint of a training node, or None. A damaged one (a crash mid-upload
+    on a store without atomic writes, a flipped byte) is reported, removed, and the one before it is used."""
+    found = sorted((i.base_name for i in store.listdir(f"checkpoints/{key}") if i.base_name.endswith(".pt")),
+                   reverse=True)
+    for name in found:
+        rel = f"checkpoints/{key}/{name}"
+        try:
+            return torch.load(io.BytesIO(store.read_checked(rel)), weights_only=True)
+        except Exception as e:  # damaged: say so, drop it, fall back to the previous epoch's
+            print(f"sweeper: warning: {label}: checkpoint {rel} is damaged ({type(e).__name__}: {e}); "
+                  "removed, resuming from the one before it", file=sys.stderr, flush=True)
+            store.delete(rel)
+    return None
 
 
 def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
@@ -126,9 +143,8 @@ def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
                       adversarial=attack_config(p.get("adversarial")), seed=seed)
     trainer = Trainer(model, x, y, cfg, bounds=train_ds.bounds)
     history: list[dict] = []
-    ckpt = _ckpt_path(node.key)
-    if store.exists(ckpt):  # resume after an interruption
-        state = torch.load(io.BytesIO(store.read_bytes(ckpt)), weights_only=True)
+    state = _load_checkpoint(store, node.key, node.label)
+    if state is not None:  # resume after an interruption
         trainer.load_state_dict(state["trainer"])
         history = state["history_rows"]
     x_te, y_te = test_set(data_spec, sweep_seed)
@@ -147,7 +163,9 @@ def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
         history.append(row)
         buf = io.BytesIO()
         torch.save({"trainer": trainer.state_dict(), "history_rows": history}, buf)
-        store.write_bytes(ckpt, buf.getvalue())
+        store.write_checked(_ckpt_path(node.key, trainer.epoch), buf.getvalue())
+        if trainer.epoch > 1:  # keep this epoch's and the one before (a fallback if this one is damaged)
+            store.delete(_ckpt_path(node.key, trainer.epoch - 2))
         if on_epoch is not None:
             on_epoch(row)
     model.eval()
@@ -158,7 +176,7 @@ def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
                              if curve_attack is not None else None),
             "params": p, "inputs": node.inputs, "wall_s": time.time() - t0, "provenance": provenance()}
     store.save(node.key, meta=meta, tensors=state)
-    store.delete(ckpt)
+    store.delete(f"checkpoints/{node.key}")
     return meta
 
 

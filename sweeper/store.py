@@ -147,6 +147,20 @@ class Store:
         """Atomic: readers see the old content or the new, never part of it."""
         self._put_atomic(self._p(relpath), bytes(data))
 
+    _CHECKED = b"sweeper-checked-v1 "
+
+    def write_checked(self, relpath: str, data: bytes) -> None:
+        """Atomic, with its sha256 in a one-line header: read_checked() tells a damaged file from a good one."""
+        self.write_bytes(relpath, self._CHECKED + _sha(data).encode() + b"\n" + bytes(data))
+
+    def read_checked(self, relpath: str) -> bytes:
+        """The payload of a write_checked() file; CorruptArtifact when its header or checksum is wrong."""
+        raw = self.read_bytes(relpath)
+        head, sep, data = raw.partition(b"\n")
+        if not sep or not head.startswith(self._CHECKED) or head[len(self._CHECKED):].decode(errors="replace") != _sha(data):
+            raise CorruptArtifact(f"{relpath} fails its sha256 check (store {self.uri})")
+        return data
+
     def write_text(self, relpath: str, text: str) -> None:
         self.write_bytes(relpath, text.encode())
 
@@ -178,7 +192,7 @@ class Store:
         entries = {i.base_name for i in self.listdir("")}
         if MARKER in entries:  # another driver marked it a moment ago
             return
-        ours = {"nodes", "shards", "checkpoints", "tune", "reports", "wandb", "datasets", "tmp"}
+        ours = {"nodes", "shards", "checkpoints", "tune", "reports", "wandb", "datasets", "quarantine", "tmp"}
         if entries - ours or (entries and not entries & {"nodes", "shards"}):
             foreign = sorted(entries - ours) or sorted(entries)
             raise StoreError(f"store {self.uri} is not empty and is not a sweeper store (no {MARKER}; it holds "
@@ -303,6 +317,33 @@ class Store:
 
     def load_tensors(self, key: str) -> dict:
         return self._load_tensors(f"nodes/{key}", key)
+
+    def damage(self, key: str) -> Optional[str]:
+        """None when node ``key`` reads back intact (every file's sha256), else what is wrong with it."""
+        rel = f"nodes/{key}"
+        m = self._manifest(rel)
+        if m is None:
+            return "its manifest is missing, not valid JSON, fails its digest, or names missing files"
+        base = self._files_rel(rel, m)
+        for name, info in m["files"].items():
+            try:
+                if _sha(self.read_bytes(f"{base}/{name}")) != info["sha256"]:
+                    return f"file {name} fails its sha256 check"
+            except (FileNotFoundError, OSError):
+                return f"file {name} is missing"
+        return None
+
+    def quarantine(self, key: str, reason: str) -> str:
+        """Move a damaged node aside so that it counts as not done and is computed again: its manifest (if
+        readable) and the reason go to ``quarantine/<key>-<time>.json``, its folder is removed. Returns that path."""
+        rel = f"quarantine/{key}-{_utc().replace(':', '')}.json"
+        try:
+            old = self.read_bytes(f"nodes/{key}/{MANIFEST}").decode(errors="replace")
+        except (FileNotFoundError, OSError):
+            old = None
+        self.write_text(rel, json.dumps({"key": key, "reason": reason, "moved": _utc(), "manifest": old}, indent=1))
+        self.delete(f"nodes/{key}")
+        return rel
 
     def load_file(self, key: str, name: str) -> bytes:
         return self._read_checked(f"nodes/{key}", key, name)

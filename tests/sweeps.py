@@ -43,14 +43,15 @@ def write_sweep(tmp_path, name: str, text: str = SMALL):
     return p
 
 
-def results_of(path) -> dict:
-    """Every node done (checksums verified); the numbers a report is made of, by node label."""
+def results_of(path, store: str | None = None) -> dict:
+    """Every node done (checksums verified); the numbers a report is made of, by node label. ``store``
+    overrides the file's run.store (as --store does)."""
     from sweeper.plan import build_plan
     from sweeper.spec import load
     from sweeper.store import Store
 
     plan = build_plan(load(path))
-    store = Store(load(path).run.store)
+    store = Store(store or load(path).run.store)
     out = {}
     for key, node in plan.nodes.items():
         assert store.is_done(key, verify=True), node.label
@@ -72,8 +73,12 @@ class RayCluster:
     """A real Ray cluster from `ray start`: a head and optional worker nodes, all on loopback, token auth as
     the environment sets it (the test conftest turns token mode on with a temp token file)."""
 
-    def __init__(self, **env):
+    def __init__(self, unset: tuple[str, ...] = (), **env):
+        """``env``: variables to set for `ray start` (over this process's environment); ``unset``: variables to
+        remove from it (e.g. the conftest's RAY_AUTH_MODE, to start a head as a user's plain `ray start`)."""
         self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **env)
+        for k in unset:
+            self.env.pop(k, None)
         self.address = None
         # its own temp dir (short: Ray's unix socket paths are limited), so that stop() can find this cluster's
         # processes and leave any other Ray on the machine alone (`ray stop` would kill every one of them)
@@ -93,22 +98,52 @@ class RayCluster:
         self.address = f"127.0.0.1:{port}"
         return self.address
 
-    def add_node(self, num_cpus: int) -> int:
-        """A second raylet on this machine joined to the head; returns its node-manager port (its handle)."""
+    def add_node(self, num_cpus: int, cwd=None, temp_dir: str | None = None) -> int:
+        """A second raylet on this machine joined to the head; returns its node-manager port (its handle).
+        ``cwd`` and ``temp_dir`` make it a node that shares no folder with the head (as another machine)."""
         port = free_port()
+        own = [f"--temp-dir={temp_dir}"] if temp_dir else []
         self._ray("start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-                  f"--node-manager-port={port}", "--disable-usage-stats")
+                  f"--node-manager-port={port}", "--disable-usage-stats", *own, cwd=cwd)
         return port
 
-    def kill_node(self, port: int) -> int:
-        """SIGKILL a worker node's raylet and every process under it (its workers, its agents), as when a
-        machine disappears. Returns how many processes were killed."""
+    def processes(self, title: str | None = None) -> list:
+        """This cluster's processes only (psutil.Process): every process whose command line names its temp dir
+        or its head's GCS port (GCS, raylets of the head and of added nodes, dashboard, monitors, the client
+        server), and all their descendants (agents, workers, Tune trial actors). Other Rays on the machine (a
+        user's sweep beside the tests) are never listed. With ``title``: only those whose command line (a Ray
+        worker's process title, e.g. ``ray::ImplicitFunc``) contains it."""
         import psutil
 
-        raylets = [p for p in psutil.process_iter(["cmdline"])
-                   if any(a == f"--node_manager_port={port}" for a in (p.info["cmdline"] or []))
-                   and "raylet" in " ".join(p.info["cmdline"][:1])]
-        assert len(raylets) == 1, f"expected one raylet on port {port}, found {len(raylets)}"
+        if self.address is None:
+            return []
+        port = self.address.rsplit(":", 1)[1]
+        roots = []
+        for p in psutil.process_iter(["cmdline"]):
+            args = p.info["cmdline"] or []
+            if p.pid != os.getpid() and any(self.temp_dir in a or a.endswith(f":{port}") for a in args):
+                roots.append(p)
+        found = {p.pid: p for p in roots}
+        for p in roots:
+            try:
+                found.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+        found.pop(os.getpid(), None)
+        out = list(found.values())
+        if title is not None:
+            out = [p for p in out if title in " ".join(_cmdline(p))]
+        return out
+
+    def kill_node(self, port: int) -> int:
+        """SIGKILL a worker node's raylet (one of this cluster's processes, told apart by its node-manager port)
+        and every process under it (its workers, its agents), as when a machine disappears. Returns how many
+        processes were killed."""
+        import psutil
+
+        raylets = [p for p in self.processes()
+                   if f"--node_manager_port={port}" in _cmdline(p) and "raylet" in " ".join(_cmdline(p)[:1])]
+        assert len(raylets) == 1, f"expected one raylet on port {port} in this cluster, found {len(raylets)}"
         victims = raylets[0].children(recursive=True) + raylets
         for p in victims:
             try:
@@ -118,33 +153,38 @@ class RayCluster:
         return len(victims)
 
     def stop(self) -> None:
-        """Stop this cluster only: every process whose command line names its temp dir or its head's port
-        (GCS, raylets, agents, the client server), and everything under them."""
+        """Stop this cluster only (its processes(), see there); `ray stop` would stop every Ray on the machine.
+        In `ray stop`'s order: raylets, then the rest, then the GCS (a GCS terminated beside its raylets
+        outlived a 15 s wait here)."""
         import psutil
 
-        if self.address is None:
-            return
-        port = self.address.rsplit(":", 1)[1]
-        mine = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid() and any(
-            self.temp_dir in a or a.endswith(f":{port}") for a in (p.info["cmdline"] or []))]
-        victims = {p.pid: p for p in mine}
-        for p in mine:
-            try:
-                victims.update({c.pid: c for c in p.children(recursive=True)})
-            except psutil.NoSuchProcess:
-                pass
-        for p in victims.values():
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(list(victims.values()), timeout=15)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        victims = self.processes()
+        first = lambda p: " ".join(_cmdline(p)[:1])  # noqa: E731
+        raylets = [p for p in victims if "raylet" in first(p)]
+        gcs = [p for p in victims if "gcs_server" in first(p)]
+        rest = [p for p in victims if p not in raylets and p not in gcs]
+        for bucket in (raylets, rest, gcs):
+            for p in bucket:
+                try:
+                    p.terminate()
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(bucket, timeout=10)
+            for p in alive:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
         self.address = None
+
+
+def _cmdline(p) -> list[str]:
+    import psutil
+
+    try:
+        return p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
 
 
 # A source model that trains long enough (6 epochs on 2,000 images) to be killed in the middle, then the rest.

@@ -27,9 +27,38 @@ def _validate(path, capsys):
     return rc, out.out + out.err
 
 
-def test_shipped_cluster_is_valid(capsys):
+def test_shipped_cluster_is_valid(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # `ray up` runs from the project root: file_mounts' "." is this folder
     rc, out = _validate(ROOT / "cluster.yaml", capsys)
     assert rc == 0 and "valid" in out
+    assert "warning" not in out, out  # .venv, store, ... are excluded from the mount
+
+
+def test_heavy_folders_in_a_mount_warn(tmp_path, capsys, monkeypatch):
+    """A mounted folder holding .venv / store / wandb that rsync_exclude does not exclude: valid (exit 0), with
+    one warning line naming the file, the key and the folders; excluded ones (also through rsync_filter's
+    .gitignore) are not named."""
+    proj = tmp_path / "proj"
+    for d in (".venv", "store", "wandb", "sweeper", "search_spaces"):
+        (proj / d).mkdir(parents=True)
+    monkeypatch.chdir(proj)
+    head, tail = SHIPPED[:SHIPPED.index("rsync_exclude:")], SHIPPED[SHIPPED.index("\nsetup_commands:"):]
+    path = _variant(tmp_path, head + tail)
+    assert "rsync_exclude" not in path.read_text()
+    rc, out = _validate(path, capsys)
+    assert rc == 0, out
+    warnings = [ln for ln in out.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, out
+    assert warnings[0].startswith(f"warning: {path}: file_mounts./home/ubuntu/sweeper: the mounted folder '.'"), out
+    assert "holds .venv, store, wandb, which rsync_exclude does not exclude" in warnings[0], out
+    assert f"{path}: valid (1 warning(s) above)" in out
+    (proj / ".gitignore").write_text("# local\n/wandb/\n")
+    path.write_text(head + "rsync_exclude: [.venv/, /store]\nrsync_filter: [.gitignore]\n" + tail)
+    rc, out = _validate(path, capsys)
+    assert rc == 0 and "warning" not in out, out
+    path.write_text(head + "rsync_exclude: [.venv/]\n" + tail)
+    rc, out = _validate(path, capsys)
+    assert rc == 0 and "holds store, wandb, which" in out, out
 
 
 @pytest.mark.parametrize("old,new,expected", [
@@ -38,6 +67,16 @@ def test_shipped_cluster_is_valid(capsys):
     ("resources: {GPU: 1}", "resources: {GPU: 0.5}",
      "available_node_types.gpu_spot.resources.GPU: 0.5 is not an integer"),
     ("  - python3 -m pip install -q -e /home/ubuntu/sweeper\n", "", "setup_commands: no command installs sweeper"),
+    # a string where Ray wants a list (crashed with a TypeError before)
+    (SHIPPED[SHIPPED.index("setup_commands:"):SHIPPED.index("\n\n", SHIPPED.index("setup_commands:"))],
+     'setup_commands: "python3 -m pip install -e /home/ubuntu/sweeper"',
+     "cluster.yaml: setup_commands: is a string ('python3 -m pip install -e /home/ubuntu/"),
+    ("max_workers: 8\n    resources", "max_workers: -3\n    resources",
+     "cluster.yaml: available_node_types.gpu_spot.max_workers: -3 is not a whole number >= 0"),
+    ("max_workers: 2\n", "max_workers: 2\n    min_workers: 3\n",
+     "cluster.yaml: available_node_types.gpu_4x.min_workers: 3 is more than max_workers (2)"),
+    ("/home/ubuntu/sweeper: .  ", "/home/ubuntu/sweeper: ./no-such-folder  ",
+     "cluster.yaml: file_mounts./home/ubuntu/sweeper: the local source './no-such-folder' does not exist"),
 ])
 def test_broken_variants_refused(tmp_path, capsys, old, new, expected):
     assert old in SHIPPED

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The README's cluster walkthrough on one machine, with loopback stand-ins for the cloud parts:
+#   S3                 -> an S3-compatible server on 127.0.0.1 (moto_server, from the test dependencies)
+#   `ray up`           -> a `ray start --head` and a `ray start --address` worker, each from its own folder
+#                         with its own --temp-dir (they share no folder; everything goes through the store)
+# then the same commands a cluster user runs: data push, submit, status, logs, report, wandb + `wandb sync`.
+#
+#   examples/cluster_loopback.sh            (after `make setup`; about 3 minutes on 2 cores)
+#
+# It stops only what it started (its own Ray processes, found by its own temp folder; never `ray stop`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$PWD"
+BIN="$REPO/.venv/bin"
+WORK="$(mktemp -d /tmp/swl-XXXX)"   # short: Ray's socket paths are limited
+mkdir -p "$WORK/head" "$WORK/worker" "$WORK/here"
+port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+S3_PORT=$(port); GCS_PORT=$(port); DASH_PORT=$(port)
+export RAY_USAGE_STATS_ENABLED=0
+# moto accepts any credentials; on AWS these come from `aws configure` or the nodes' instance role
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+
+cleanup() {
+  "$BIN/python" - "$WORK" <<'EOF' || true
+import sys, psutil
+work = sys.argv[1]
+mine = [p for p in psutil.process_iter(["cmdline"]) if any(work in a for a in (p.info["cmdline"] or []))]
+procs = {p.pid: p for p in mine}
+for p in mine:
+    try:
+        procs.update({c.pid: c for c in p.children(recursive=True)})
+    except psutil.NoSuchProcess:
+        pass
+for p in procs.values():
+    try:
+        p.terminate()
+    except psutil.NoSuchProcess:
+        pass
+psutil.wait_procs(list(procs.values()), timeout=15)
+EOF
+  [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+step() { echo; echo "=== $*"; }
+
+step "S3-compatible server on 127.0.0.1:$S3_PORT, bucket 'sweeper'"
+"$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/s3.log" 2>&1 &
+S3_PID=$!
+for _ in $(seq 100); do curl -s "http://127.0.0.1:$S3_PORT" >/dev/null && break; sleep 0.1; done
+"$BIN/python" -c "import pyarrow.fs as f; f.S3FileSystem(endpoint_override='127.0.0.1:$S3_PORT', scheme='http', allow_bucket_creation=True).create_dir('sweeper')"
+STORE="s3://sweeper/store?endpoint_override=127.0.0.1:$S3_PORT&scheme=http"
+
+step "the cluster: a head and a worker node (stand-in for ray up cluster.yaml)"
+(cd "$WORK/head" && "$BIN/ray" start --head --port="$GCS_PORT" --num-cpus=1 --node-ip-address=127.0.0.1 \
+   --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" --temp-dir="$WORK/th" --disable-usage-stats >/dev/null)
+(cd "$WORK/worker" && "$BIN/ray" start --address="127.0.0.1:$GCS_PORT" --num-cpus=1 --node-ip-address=127.0.0.1 \
+   --temp-dir="$WORK/tw" --disable-usage-stats >/dev/null)
+DASH="http://127.0.0.1:$DASH_PORT"
+
+cd "$WORK/here"   # a folder of the user's; nothing may be written here but the W&B copy asked for below
+step "sweeper data push fashion_mnist --store \$STORE"
+"$BIN/sweeper" data push fashion_mnist --store "$STORE"
+
+step "sweeper submit (from the project root, which is uploaded as the job's working directory)"
+JOB=$(cd "$REPO" && "$BIN/sweeper" submit search_spaces/fmnist_smoke.yaml --address "$DASH" --store "$STORE" \
+      --set data.root=store --wandb offline)
+echo "job: $JOB"
+for _ in $(seq 600); do
+  S=$("$BIN/sweeper" status "$JOB" --address "$DASH")
+  case "$S" in SUCCEEDED|FAILED|STOPPED) break;; esac
+  sleep 1
+done
+step "sweeper status: $S"
+step "sweeper logs (last lines)"
+"$BIN/sweeper" logs "$JOB" --address "$DASH" | tail -n 12
+[ "$S" = SUCCEEDED ]
+
+step "sweeper report (from the store)"
+"$BIN/sweeper" report "$REPO/search_spaces/fmnist_smoke.yaml" --store "$STORE" | head -n 12
+
+step "W&B: the offline runs of every node, out of the store, then wandb sync (dry run: no network here)"
+"$BIN/sweeper" wandb "$REPO/search_spaces/fmnist_smoke.yaml" --store "$STORE" --to wandb-runs
+"$BIN/wandb" sync --dry-run wandb-runs/offline-run-* 2>&1 | head -n 3
+
+step "nothing else was written on local disk: $(ls -A "$WORK/here" | tr '\n' ' ')"
+[ "$(ls -A "$WORK/here")" = "wandb-runs" ] && [ -z "$(ls -A "$WORK/head" "$WORK/worker" | grep -v ':$' | grep -v '^$' || true)" ]
+echo "loopback walkthrough: OK"

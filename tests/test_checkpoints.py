@@ -1,0 +1,57 @@
+"""Per-epoch training checkpoints are checksummed: a damaged newest one is reported, removed, and training
+resumes from the one before it, ending with the undisturbed model (on local disk and on the S3 server)."""
+import pathlib
+
+import pytest
+import torch
+
+from sweeper import stages
+from sweeper.plan import build_plan
+from sweeper.spec import load
+from sweeper.store import Store
+
+TOY = pathlib.Path(__file__).resolve().parents[1] / "search_spaces" / "toy.yaml"
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_uri")
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_epoch(store_uri, tmp_path, capsys):
+    plan = build_plan(load(TOY))
+    std = next(n for n in plan.nodes.values() if n.stage == "std")
+    data = plan.sweep.data.model_dump()
+    ref = Store(str(tmp_path / "ref"))
+    stages.run_train(std, data, 0, ref)
+
+    store = Store(store_uri)
+
+    def die_after_epoch_4(row):
+        if row["epoch"] == 4:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        stages.run_train(std, data, 0, store, on_epoch=die_after_epoch_4)
+    names = sorted(i.base_name for i in store.listdir(f"checkpoints/{std.key}"))
+    assert names == ["00003.pt", "00004.pt"]  # this epoch's and the one before
+    newest = f"checkpoints/{std.key}/00004.pt"
+    raw = bytearray(store.read_bytes(newest))
+    raw[len(raw) // 2] ^= 0xFF
+    store.write_bytes(newest, bytes(raw))
+
+    epochs = []
+    meta = stages.run_train(std, data, 0, store, on_epoch=lambda row: epochs.append(row["epoch"]))
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} is damaged" in err and "resuming from the one before it" in err
+    assert epochs == list(range(4, 11))  # epoch 4 again (its checkpoint was lost), then the rest
+    assert [r["epoch"] for r in meta["history"]] == list(range(1, 11))
+    got, want = store.load_tensors(std.key), ref.load_tensors(std.key)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert store.listdir(f"checkpoints/{std.key}") == []  # removed once the node is saved
