@@ -9,7 +9,7 @@ DEMO   ?= search_spaces/fmnist_demo.yaml
 export RAY_USAGE_STATS_ENABLED=0
 export WANDB_SILENT=true
 
-.PHONY: setup data test test-all demo bench clean
+.PHONY: setup data test test-slow test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ data:
 test: setup data
 	$(BIN)/python -m pytest -q
 
+# the slow tests (W&B failure retries, Ctrl-C/SIGTERM runs, a Jobs API submission): CI runs them after `make test`
+test-slow: setup data
+	$(BIN)/python -m pytest -q -m slow
+
 test-all: setup data
 	$(BIN)/python -m pytest -q -m ''
 
@@ -44,6 +48,7 @@ bench: setup data
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_shards.py
 	$(BIN)/python benchmarks/bench_tune.py
+	$(BIN)/python benchmarks/bench_store.py
 
 clean:
 	rm -rf store build *.egg-info .pytest_cache

@@ -15,16 +15,19 @@ BIN="$REPO/.venv/bin"
 WORK="$(mktemp -d /tmp/swl-XXXX)"   # short: Ray's socket paths are limited
 mkdir -p "$WORK/head" "$WORK/worker" "$WORK/here"
 port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-S3_PORT=$(port); GCS_PORT=$(port); DASH_PORT=$(port)
+S3_PORT=$(port); GCS_PORT=$(port); DASH_PORT=$(port); CLIENT_PORT=$(port); AGENT1=$(port); AGENT2=$(port)
 export RAY_USAGE_STATS_ENABLED=0
+export PATH="$BIN:$PATH"   # a job's `python` is the head's (on cluster.yaml's nodes: the one setup_commands installs into)
 # moto accepts any credentials; on AWS these come from `aws configure` or the nodes' instance role
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 
 cleanup() {
-  "$BIN/python" - "$WORK" <<'EOF' || true
+  "$BIN/python" - "$WORK" "$GCS_PORT" <<'EOF' || true
 import sys, psutil
 work = sys.argv[1]
-mine = [p for p in psutil.process_iter(["cmdline"]) if any(work in a for a in (p.info["cmdline"] or []))]
+port = sys.argv[2]  # the head's GCS port: Ray's client server names only that, not the temp folder
+mine = [p for p in psutil.process_iter(["cmdline"])
+        if any(work in a or a.endswith(":" + port) for a in (p.info["cmdline"] or []))]
 procs = {p.pid: p for p in mine}
 for p in mine:
     try:
@@ -36,9 +39,14 @@ for p in procs.values():
         p.terminate()
     except psutil.NoSuchProcess:
         pass
-psutil.wait_procs(list(procs.values()), timeout=15)
+_, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+for p in alive:
+    try:
+        p.kill()
+    except psutil.NoSuchProcess:
+        pass
 EOF
-  [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null || true
+  if [ -n "${S3_PID:-}" ]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi; true
 }
 trap cleanup EXIT
 step() { echo; echo "=== $*"; }
@@ -50,12 +58,18 @@ for _ in $(seq 100); do curl -s "http://127.0.0.1:$S3_PORT" >/dev/null && break;
 "$BIN/python" -c "import pyarrow.fs as f; f.S3FileSystem(endpoint_override='127.0.0.1:$S3_PORT', scheme='http', allow_bucket_creation=True).create_dir('sweeper')"
 STORE="s3://sweeper/store?endpoint_override=127.0.0.1:$S3_PORT&scheme=http"
 
-step "the cluster: a head and a worker node (stand-in for ray up cluster.yaml)"
-(cd "$WORK/head" && "$BIN/ray" start --head --port="$GCS_PORT" --num-cpus=1 --node-ip-address=127.0.0.1 \
-   --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" --temp-dir="$WORK/th" --disable-usage-stats >/dev/null)
-(cd "$WORK/worker" && "$BIN/ray" start --address="127.0.0.1:$GCS_PORT" --num-cpus=1 --node-ip-address=127.0.0.1 \
-   --temp-dir="$WORK/tw" --disable-usage-stats >/dev/null)
+step "the cluster: a head and a worker node (stand-in for ray up cluster.yaml), token authentication on"
+# the cluster's own token (on a `ray up` cluster Ray puts it on every node); kept out of ~/.ray
+"$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/token"
+export RAY_AUTH_TOKEN_PATH="$WORK/token"
+(export RAY_AUTH_MODE=token; cd "$WORK/head" && "$BIN/ray" start --head --port="$GCS_PORT" --num-cpus=1 --node-ip-address=127.0.0.1 \
+   --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" --dashboard-agent-listen-port="$AGENT1" \
+   --ray-client-server-port="$CLIENT_PORT" --temp-dir="$WORK/th" --disable-usage-stats >/dev/null)
+(export RAY_AUTH_MODE=token; cd "$WORK/worker" && "$BIN/ray" start --address="127.0.0.1:$GCS_PORT" --num-cpus=1 --node-ip-address=127.0.0.1 \
+   --dashboard-agent-listen-port="$AGENT2" --temp-dir="$WORK/tw" --disable-usage-stats >/dev/null)
 DASH="http://127.0.0.1:$DASH_PORT"
+# from here on the user's side: RAY_AUTH_MODE is not set; sweeper sends the token it finds (RAY_AUTH_TOKEN,
+# RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), as after `export RAY_AUTH_TOKEN=$(ray get-auth-token)`
 
 cd "$WORK/here"   # a folder of the user's; nothing may be written here but the W&B copy asked for below
 step "sweeper data push fashion_mnist --store \$STORE"
@@ -76,12 +90,13 @@ step "sweeper logs (last lines)"
 [ "$S" = SUCCEEDED ]
 
 step "sweeper report (from the store)"
-"$BIN/sweeper" report "$REPO/search_spaces/fmnist_smoke.yaml" --store "$STORE" | head -n 12
+"$BIN/sweeper" report "$REPO/search_spaces/fmnist_smoke.yaml" --store "$STORE" --set data.root=store | head -n 12
 
 step "W&B: the offline runs of every node, out of the store, then wandb sync (dry run: no network here)"
-"$BIN/sweeper" wandb "$REPO/search_spaces/fmnist_smoke.yaml" --store "$STORE" --to wandb-runs
-"$BIN/wandb" sync --dry-run wandb-runs/offline-run-* 2>&1 | head -n 3
+"$BIN/sweeper" wandb "$REPO/search_spaces/fmnist_smoke.yaml" --store "$STORE" --set data.root=store --to wandb-runs
+"$BIN/wandb" sync --dry-run wandb-runs/offline-run-* >"$WORK/sync.txt" 2>&1
+head -n 3 "$WORK/sync.txt"
 
-step "nothing else was written on local disk: $(ls -A "$WORK/here" | tr '\n' ' ')"
-[ "$(ls -A "$WORK/here")" = "wandb-runs" ] && [ -z "$(ls -A "$WORK/head" "$WORK/worker" | grep -v ':$' | grep -v '^$' || true)" ]
+step "local folders (user, head, worker): $(ls -A "$WORK/here") | $(ls -A "$WORK/head") | $(ls -A "$WORK/worker")"
+[ "$(ls -A "$WORK/here")" = "wandb-runs" ] && [ -z "$(ls -A "$WORK/head")" ] && [ -z "$(ls -A "$WORK/worker")" ]
 echo "loopback walkthrough: OK"

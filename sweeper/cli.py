@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("file", help="a sweep file, e.g. search_spaces/fmnist_demo.yaml")
         s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a value of the sweep file (VALUE is YAML), e.g. --set data.root=store; "
+                            "repeatable; give the same --set to plan, run and report")
         if name == "run":
             s.add_argument("--address", default=None,
                            help="join a running Ray cluster ('auto' or HOST:PORT); default: RAY_ADDRESS if set, "
@@ -68,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "`wandb sync`")
     s.add_argument("file", help="the sweep file")
     s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same overrides as given to run")
     s.add_argument("--to", default=None, metavar="DIR",
                    help="where to put them (default: wandb-runs/<sweep name>); a local store is used in place")
     for name, help_ in [("status", "print a submitted job's status"), ("logs", "print a submitted job's logs")]:
@@ -82,9 +87,27 @@ def _load(args):
     from .spec import load
     from .store import Store
 
-    sweep = load(args.file)
+    overrides = getattr(args, "overrides", None)
+    if overrides:
+        from pathlib import Path
+
+        from .spec import SpecError, _yaml, apply_overrides, validate
+
+        try:
+            sets = _parse_sets(overrides)
+            text = Path(args.file).read_text()
+        except (ValueError, OSError) as e:
+            raise SpecError(args.file, "", str(e)) from None
+        try:
+            raw = apply_overrides(_yaml(text, args.file), sets)
+        except ValueError as e:
+            raise SpecError(args.file, "", f"--set: {e}") from None
+        sweep = validate(raw, source=f"{args.file} (with --set {' '.join(overrides)})")
+    else:
+        sweep = load(args.file)
     plan = build_plan(sweep)
     store = Store(args.store or sweep.run.store)
+    store.check()  # an unreachable endpoint, no such bucket, a path under a file: one line now, not later
     return sweep, plan, store
 
 
@@ -248,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataNotFoundError as e:
         print(f"sweeper: {e}", file=sys.stderr)
         return 3
-    except StoreError as e:
-        print(f"sweeper: {e}", file=sys.stderr)
+    except StoreError as e:  # also StoreIOError: a read or write of the store failed (permission, read-only or
+        print(f"sweeper: {e}", file=sys.stderr)  # full disk, unreachable endpoint, no such bucket), mid-run too
         return 2
     except FileNotFoundError as e:
         print(f"sweeper: {e}", file=sys.stderr)

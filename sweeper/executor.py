@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import stages, tracking
 from .data_store import resolve_data_root
 from .plan import Plan
-from .store import Store
+from .store import Leases, Store
 
 Log = Callable[[str], None]
 
@@ -95,7 +95,10 @@ def check_done(plan: Plan, store: Store) -> None:
 
 def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int | None = None,
              wandb_mode: str | None = None) -> dict:
-    """Execute every node of ``plan`` not yet done, in this process. Returns counts of work done/skipped."""
+    """Execute every node of ``plan`` not yet done, in this process. Returns counts of work done/skipped.
+
+    Each node is computed under a lease (store.Leases): another driver on the same store computes other nodes
+    meanwhile, and a node it holds is waited for (is it done? has its lease expired?), never computed twice."""
     plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
     if threads:
         torch.set_num_threads(threads)
@@ -104,19 +107,50 @@ def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int 
     done, ran = 0, 0
     quiet = not sys.stderr.isatty()
     total = len(plan.nodes)
-    with stop_on_signals():
-        verify_reads(plan, store, log)
-        for i, node in enumerate(plan.nodes.values(), 1):
-            if store.is_done(node.key):
-                done += 1
-                log(f"[{i}/{total}] {node.kind:<10} {node.label}: done, skipped")
-                continue
-            t0 = time.time()
-            log(f"[{i}/{total}] {node.kind:<10} {node.label} ({node.key}) ...")
-            with tracking.tracked(plan, node, store, wandb_mode) as wb:
-                summary = _run_node(plan, node, store, wb, quiet)
-            ran += 1
-            log(f"    {summary} [{time.time() - t0:.1f} s]")
+    leases = Leases(store, plan.sweep.run.lease_ttl, log=log)
+    pending = list(enumerate(plan.nodes.values(), 1))
+    waiting: set[str] = set()  # nodes seen leased by another driver (logged once)
+    try:
+        with stop_on_signals():
+            verify_reads(plan, store, log)
+            while pending:
+                progressed = False
+                keys = {n.key for _, n in pending}
+                for i, node in list(pending):
+                    if any(k in keys for k in node.inputs.values()):
+                        continue  # an input is not done yet
+                    if store.is_done(node.key):
+                        pending.remove((i, node))
+                        done += 1
+                        progressed = True
+                        log(f"[{i}/{total}] {node.kind:<10} {node.label}: done"
+                            f"{' by another driver' if node.key in waiting else ''}, skipped")
+                        continue
+                    if not leases.acquire([node.key]):
+                        if node.key not in waiting:
+                            waiting.add(node.key)
+                            log(f"[{i}/{total}] {node.kind:<10} {node.label}: leased by another driver "
+                                f"({leases.holder(node.key)}); waiting for it")
+                        continue
+                    try:
+                        if store.is_done(node.key):  # finished (and released) between our look and our lease
+                            progressed = True
+                            continue
+                        t0 = time.time()
+                        log(f"[{i}/{total}] {node.kind:<10} {node.label} ({node.key}) ...")
+                        with tracking.tracked(plan, node, store, wandb_mode) as wb:
+                            summary = _run_node(plan, node, store, wb, quiet)
+                        ran += 1
+                        log(f"    {summary} [{time.time() - t0:.1f} s]")
+                    finally:
+                        leases.release(node.key)
+                    pending.remove((i, node))
+                    progressed = True
+                    break  # look again from the top: plan order
+                if pending and not progressed:
+                    time.sleep(leases.poll)
+    finally:
+        leases.close()
     check_done(plan, store)
     return {"ran": ran, "skipped": done, "total": total}
 
@@ -211,10 +245,7 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from .tuning import run_trials
-
-    sweep, run = plan.sweep, plan.sweep.run
-    data_spec, seed = sweep.data.model_dump(), int(sweep.seed)
+    run = plan.sweep.run
     quiet = not sys.stderr.isatty()
     store.claim()
     store.clean_tmp()
@@ -242,6 +273,7 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
             f"{res.get('GPU', 0):g} GPU, {len([n for n in ray.nodes() if n['Alive']])} node(s)")
     ran = skipped = 0
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C stops the run (stop_on_signals), not just Tune
+    leases = Leases(store, run.lease_ttl, log=log)
     try:
         with stop_on_signals():
             verify_reads(plan, store, log)
@@ -251,27 +283,64 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
                 if not todo:
                     continue
                 log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
-                synth = [n for n in todo if n.kind == "synthesize"]
-                if synth:
-                    _synthesize_wave(plan, synth, store, wandb_mode, log, quiet)
-                trials = [n for n in todo if n.kind in ("train", "evaluate")]
-                if trials:
-                    t0 = time.time()
-                    run_trials(trials, plan=plan, store=store, run_spec=run, wandb_mode=wandb_mode, log=log,
-                               quiet=quiet)
-                    log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s")
-                for node in [n for n in todo if n.kind == "transfer"]:
-                    with tracking.tracked(plan, node, store, wandb_mode) as wb:
-                        m = stages.run_transfer(node, data_spec, seed, store)
-                        wb.log({"target_rate": m["target_rate"], "original_rate": m["original_rate"]})
-                    log(f"  transfer {node.label}: reads target {m['target_rate']:.3f}, original "
-                        f"{m['original_rate']:.3f}")
-                ran += len(todo)
+                waiting: set[str] = set()
+                while todo:  # the next wave reads this one's nodes: wait for those another driver holds
+                    mine = set(leases.acquire([n.key for n in todo]))
+                    try:
+                        ours = [n for n in todo if n.key in mine and not store.is_done(n.key)]
+                        if ours:
+                            _run_wave(plan, ours, store, wandb_mode, log, quiet)
+                            ran += len(ours)
+                    finally:
+                        for key in mine:
+                            leases.release(key)
+                    rest, computed = [], {n.key for n in ours}
+                    for n in todo:
+                        if n.key in computed:
+                            continue
+                        if store.is_done(n.key):
+                            skipped += 1
+                            if n.key in waiting:
+                                log(f"  {n.kind} {n.label}: done by another driver")
+                        else:
+                            rest.append(n)
+                    todo = rest
+                    for n in todo:
+                        if n.key not in waiting and n.key not in mine:
+                            waiting.add(n.key)
+                            log(f"  {n.kind} {n.label}: leased by another driver ({leases.holder(n.key)}); "
+                                "waiting for it")
+                    if todo and not mine:
+                        time.sleep(leases.poll)
     finally:
+        leases.close()
         if started:
             ray.shutdown()
     check_done(plan, store)
     return {"ran": ran, "skipped": skipped, "total": len(plan.nodes)}
+
+
+def _run_wave(plan: Plan, todo: list, store: Store, wandb_mode: str | None, log: Log, quiet: bool) -> None:
+    """The nodes of one wave that this driver holds the leases of: synthesis on an actor pool, train/evaluate
+    as one Tune experiment, transfer probes here."""
+    from .tuning import run_trials
+
+    data_spec, seed = plan.sweep.data.model_dump(), int(plan.sweep.seed)
+    synth = [n for n in todo if n.kind == "synthesize"]
+    if synth:
+        _synthesize_wave(plan, synth, store, wandb_mode, log, quiet)
+    trials = [n for n in todo if n.kind in ("train", "evaluate")]
+    if trials:
+        t0 = time.time()
+        run_trials(trials, plan=plan, store=store, run_spec=plan.sweep.run, wandb_mode=wandb_mode, log=log,
+                   quiet=quiet)
+        log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s")
+    for node in [n for n in todo if n.kind == "transfer"]:
+        with tracking.tracked(plan, node, store, wandb_mode) as wb:
+            m = stages.run_transfer(node, data_spec, seed, store)
+            wb.log({"target_rate": m["target_rate"], "original_rate": m["original_rate"]})
+        log(f"  transfer {node.label}: reads target {m['target_rate']:.3f}, original "
+            f"{m['original_rate']:.3f}")
 
 
 def _synthesize_wave(plan: Plan, nodes: list, store: Store, wandb_mode: str | None, log: Log, quiet: bool) -> None:

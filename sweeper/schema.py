@@ -88,6 +88,7 @@ class RunSpec(_Strict):
     max_failures: int = Field(2, ge=0)
     wandb: Literal["offline", "online", "disabled"] = "offline"
     max_grid_points: int = Field(MAX_GRID_POINTS, ge=1)  # refuse sweeps whose stages have more points in all
+    lease_ttl: float = Field(180, ge=10)  # seconds a driver's lease on a node lasts unless its heartbeat renews it
     robust_curve: "RobustCurveSpec" = Field(default_factory=lambda: RobustCurveSpec())
 
     @field_validator("gpus_per_trial")

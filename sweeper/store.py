@@ -25,6 +25,7 @@ GET) plus two for the manifest. No Ray, no W&B imports.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -32,7 +33,11 @@ import os
 import platform
 import socket
 import subprocess
+import sys
+import threading
+import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,6 +56,30 @@ class StoreError(RuntimeError):
     """A store that cannot be used as asked (not a sweeper store, not writable...); the message says why."""
 
 
+class StoreIOError(StoreError, OSError):
+    """A read or write of the store failed for a reason other than a missing file (no permission, read-only or
+    full disk, an S3 endpoint that cannot be reached, no such bucket): one line naming the store, the place and
+    the cause. Still an OSError, so code that cleans up after a failed write keeps doing so."""
+
+
+# what a read of a missing thing raises: "not there" (not done, no lease), never a storage failure
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _cause(e: OSError) -> str:
+    """One line: the OS's words for an errno (local disk), else pyarrow's message without the request id."""
+    if e.errno and not str(e).startswith("When "):
+        return f"{os.strerror(e.errno)} ({errno_name(e.errno)})"
+    text = " ".join(str(e).split())
+    if text.startswith("When ") and ": " in text:  # "When reading ... in bucket 'b': AWS Error X during ...: why"
+        text = text.split(": ", 1)[1]
+    return text.split(" (Request ID:")[0]
+
+
+def errno_name(n: int) -> str:
+    return errno.errorcode.get(n, str(n))
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -66,11 +95,29 @@ def _split_uri(uri: str) -> tuple[str, str]:
     return base.rstrip("/"), (sep + query) if sep else ""
 
 
+S3_MAX_ATTEMPTS = 3  # AWS's "standard" retry mode: a refused endpoint fails in ~1-2 s, a silent one in ~10 s
+
+
+def _fail_fast(fs):
+    """An S3 filesystem from a URI with AWS's standard retry mode (3 attempts) instead of pyarrow's default (an
+    unreachable endpoint took 6 s per request, a silent one 99 s). A URI cannot carry retry settings (pyarrow
+    refuses unknown query parameters); SWEEPER_S3_MAX_ATTEMPTS overrides the count."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    attempts = int(os.environ.get("SWEEPER_S3_MAX_ATTEMPTS") or S3_MAX_ATTEMPTS)
+    kwargs = fs.__reduce__()[1][0]  # every option from_uri parsed (endpoint, scheme, region, credentials...)
+    return pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+
+
 class Store:
     def __init__(self, uri: str):
         uri = str(uri)
         if "://" in uri:
-            self.fs, root = pafs.FileSystem.from_uri(uri)
+            try:
+                self.fs, root = pafs.FileSystem.from_uri(uri)
+            except (ValueError, OSError) as e:  # pyarrow.ArrowInvalid: an unknown scheme or query parameter
+                raise StoreError(f"store {uri}: not a usable store URI ({' '.join(str(e).split())})") from None
+            self.fs = _fail_fast(self.fs)
             self._local = isinstance(self.fs, pafs.LocalFileSystem)
             base, query = _split_uri(uri)
             self.uri = root if self._local else base + query
@@ -110,24 +157,69 @@ class Store:
         """The local filesystem path, or None for a remote store."""
         return self._p(*parts) if self._local else None
 
+    @contextmanager
+    def _io(self, what: str, path: str, write: bool = False):
+        """Turn a storage failure into a StoreIOError naming the store, the place and the cause. On reads a
+        missing file stays FileNotFoundError (callers treat it as "not there"); on writes every OSError counts."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except OSError as e:
+            if not write and isinstance(e, _MISSING):
+                raise
+            where = path[len(self.root):].lstrip("/") if path.startswith(self.root) else path
+            hint = ""
+            if e.errno == errno.ENOSPC:
+                hint = "; free some space (finished nodes are kept; run again to resume)"
+            elif isinstance(e, PermissionError) or e.errno == errno.EROFS:
+                hint = "; pick a writable --store"
+            elif "NETWORK_CONNECTION" in str(e):
+                hint = "; is the endpoint up and reachable?"
+            elif "NO_SUCH_BUCKET" in str(e):
+                hint = "; create the bucket first, or fix the URI"
+            raise StoreIOError(f"store {self.uri}: cannot {what} {where or 'the store'}: {_cause(e)}"
+                               f"{hint}") from None
+
+    def check(self) -> None:
+        """Fail early, with one StoreError line, when the store cannot be used at all: an object store that
+        cannot be reached or whose bucket does not exist (one listing request; a missing prefix is a new, empty
+        store), or a local path under a file."""
+        if self._local:
+            p = self.root
+            while p and not os.path.exists(p):
+                p = os.path.dirname(p) if os.path.dirname(p) != p else ""
+            if p and not os.path.isdir(p):
+                raise StoreError(f"store {self.uri}: cannot use it: {p} is a file, not a folder; pick another "
+                                 "--store")
+            return
+        try:
+            with self._io("list", self.root):
+                self.fs.get_file_info(pafs.FileSelector(self.root))
+        except FileNotFoundError:
+            pass  # nothing under that prefix yet: a new store
+
     def exists(self, relpath: str) -> bool:
-        return self.fs.get_file_info(self._p(relpath)).type != pafs.FileType.NotFound
+        p = self._p(relpath)
+        with self._io("read", p):
+            return self.fs.get_file_info(p).type != pafs.FileType.NotFound
 
     def read_bytes(self, relpath: str) -> bytes:
-        with self.fs.open_input_stream(self._p(relpath), compression=None) as f:  # bytes as stored, even .gz
-            return f.read()
+        p = self._p(relpath)
+        with self._io("read", p):
+            with self.fs.open_input_stream(p, compression=None) as f:  # bytes as stored, even .gz
+                return f.read()
 
     def _mkdirs(self, path: str) -> None:
         if self._dirs:
             self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
 
-    def _write(self, path: str, data: bytes) -> None:
-        self._mkdirs(path)
-        try:
+    def _write(self, path: str, data: bytes, show: Optional[str] = None) -> None:
+        """Write one file (its folders first); a failure names ``show`` (the file the caller means) or path."""
+        with self._io("write", show or path, write=True):
+            self._mkdirs(path)
             with self.fs.open_output_stream(path, compression=None) as f:
                 f.write(data)
-        except PermissionError as e:
-            raise StoreError(f"store {self.uri} is not writable ({e}); pick a writable --store") from None
 
     def _put_atomic(self, path: str, data: bytes) -> None:
         """One object appears whole or not at all: a single PUT on object stores, temp file + rename elsewhere."""
@@ -136,11 +228,15 @@ class Store:
             return
         head, name = path.rsplit("/", 1)
         tmp = f"{head}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
-        self._write(tmp, data)
         try:
-            self.fs.move(tmp, path)
-        except OSError:
-            self.fs.delete_file(tmp)
+            self._write(tmp, data, show=path)
+            with self._io("write", path, write=True):
+                self.fs.move(tmp, path)
+        except OSError:  # a full disk mid-write, a failed rename: leave no partial temp file behind
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
             raise
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
@@ -170,14 +266,23 @@ class Store:
     def delete(self, relpath: str) -> None:
         """Remove a file or directory; missing is fine."""
         p = self._p(relpath)
-        t = self.fs.get_file_info(p).type
-        if t == pafs.FileType.Directory:
-            self.fs.delete_dir(p)
-        elif t == pafs.FileType.File:
-            self.fs.delete_file(p)
+        with self._io("delete", p, write=True):
+            t = self.fs.get_file_info(p).type
+            try:
+                if t == pafs.FileType.Directory:
+                    self.fs.delete_dir(p)
+                elif t == pafs.FileType.File:
+                    self.fs.delete_file(p)
+            except FileNotFoundError:
+                pass  # removed by another process in between (two drivers dropping old checkpoints)
 
     def listdir(self, relpath: str) -> list[pafs.FileInfo]:
-        return self.fs.get_file_info(pafs.FileSelector(self._p(relpath), allow_not_found=True))
+        p = self._p(relpath)
+        try:
+            with self._io("list", p):
+                return self.fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+        except _MISSING:  # a path under a file
+            return []
 
     # ------------------------------------------------------------ the store's own folder
     def claim(self) -> None:
@@ -192,7 +297,8 @@ class Store:
         entries = {i.base_name for i in self.listdir("")}
         if MARKER in entries:  # another driver marked it a moment ago
             return
-        ours = {"nodes", "shards", "checkpoints", "tune", "reports", "wandb", "datasets", "quarantine", "tmp"}
+        ours = {"nodes", "shards", "checkpoints", "tune", "reports", "wandb", "datasets", "quarantine", "tmp",
+                "leases"}
         if entries - ours or (entries and not entries & {"nodes", "shards"}):
             foreign = sorted(entries - ours) or sorted(entries)
             raise StoreError(f"store {self.uri} is not empty and is not a sweeper store (no {MARKER}; it holds "
@@ -203,7 +309,8 @@ class Store:
     def clean_tmp(self) -> None:
         """Remove the ``tmp/`` of stores written before format 2 (only in a marked sweeper store)."""
         if self.exists(MARKER) and self.exists("tmp"):
-            self.fs.delete_dir_contents(self._p("tmp"))
+            with self._io("clean", self._p("tmp"), write=True):
+                self.fs.delete_dir_contents(self._p("tmp"))
 
     # ------------------------------------------------------------ artifacts
     def _save_dir(self, rel: str, key: str, meta: dict, tensors: Optional[dict], files: Optional[dict]) -> bool:
@@ -245,7 +352,7 @@ class Store:
         (not JSON, a wrong digest, or, with ``check_files``, a named file missing or of the wrong size)."""
         try:
             m = json.loads(self.read_bytes(f"{rel}/{MANIFEST}"))
-        except (FileNotFoundError, OSError, ValueError):
+        except (*_MISSING, ValueError):  # a storage failure (StoreIOError) is raised, never taken for "not done"
             return None
         if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or "meta" not in m:
             return None
@@ -271,7 +378,7 @@ class Store:
             try:
                 if _sha(self.read_bytes(f"{base}/{name}")) != info["sha256"]:
                     return False
-            except (FileNotFoundError, OSError):
+            except _MISSING:
                 return False
         return True
 
@@ -284,7 +391,7 @@ class Store:
                 raise FileNotFoundError(f"artifact {key} has no file {name!r}")
             try:
                 data = self.read_bytes(f"{self._files_rel(rel, manifest)}/{name}")
-            except (FileNotFoundError, OSError):
+            except _MISSING:
                 if not retry:  # a concurrent writer may have just replaced the manifest: read it again
                     continue
                 raise CorruptArtifact(f"artifact {key}: file {name} is missing (store {self.uri})") from None
@@ -329,7 +436,7 @@ class Store:
             try:
                 if _sha(self.read_bytes(f"{base}/{name}")) != info["sha256"]:
                     return f"file {name} fails its sha256 check"
-            except (FileNotFoundError, OSError):
+            except _MISSING:
                 return f"file {name} is missing"
         return None
 
@@ -339,7 +446,7 @@ class Store:
         rel = f"quarantine/{key}-{_utc().replace(':', '')}.json"
         try:
             old = self.read_bytes(f"nodes/{key}/{MANIFEST}").decode(errors="replace")
-        except (FileNotFoundError, OSError):
+        except _MISSING:
             old = None
         self.write_text(rel, json.dumps({"key": key, "reason": reason, "moved": _utc(), "manifest": old}, indent=1))
         self.delete(f"nodes/{key}")
@@ -375,6 +482,161 @@ class Store:
     def drop_shards(self, key: str) -> None:
         """Remove every shard of a node (all partitions): call once the merged artifact is verified."""
         self.delete(f"shards/{key}")
+
+# ------------------------------------------------------------------------------------------- node leases
+LEASE_TTL = 180.0     # seconds a lease lasts unless renewed; the heartbeat renews it every third of that
+LEASE_SETTLE = 1.0    # seconds between writing a lease and reading it back (see Leases), on an object store
+LEASE_SETTLE_LOCAL = 0.25  # the same on local disk, where a read and the write after it are microseconds apart
+LEASE_POLL = 5.0      # seconds between looks at a node leased by another driver (is it done? expired?)
+
+
+def _env_float(name: str, default: float) -> float:
+    v = os.environ.get(name)
+    try:
+        return float(v) if v else default
+    except ValueError:
+        raise StoreError(f"{name}={v!r} is not a number of seconds") from None
+
+
+class Leases:
+    """Per-node leases, so that drivers sharing a store never compute the same node twice.
+
+    A lease is ``leases/<key>.json`` = {owner, host, pid, expires (unix time), ttl}. Object stores have no
+    create-if-absent, so taking one is: read it; if another owner's lease is there and not expired, leave the
+    node; else write ours, wait ``settle`` seconds, read it back, and own the node only if the copy read back
+    is ours. The last writer wins, so every contender reads back the same owner provided each wrote within
+    ``settle`` of its own read (milliseconds in practice; settle is 1 s on object stores, 0.25 s on local
+    disk). A heartbeat thread renews every held lease each ttl/3 (read, then write only if it is still ours: a
+    lease that expired and was taken over is given up with a warning, never stolen back), and ``release``
+    deletes it. A driver that dies leaves a lease that expires after ``ttl``; then another driver takes the
+    node over. Expiry compares the owner's clock with the reader's: clocks must agree to well within the ttl.
+
+    Requests on S3 for a node taken and released without contention: 1 (HEAD: no lease yet) + 3 (write:
+    pyarrow's create/part/complete) + 2 (read back) + 3 (delete: HEAD, DELETE, and the folder marker pyarrow
+    re-creates) = 9; each renewal 5; each look at a node leased elsewhere 2 (plus its is_done check).
+    """
+
+    def __init__(self, store: "Store", ttl: Optional[float] = None, *, settle: Optional[float] = None,
+                 poll: Optional[float] = None, log=None):
+        self.store = store
+        self.ttl = _env_float("SWEEPER_LEASE_TTL", ttl if ttl is not None else LEASE_TTL)
+        default_settle = LEASE_SETTLE if not store.is_local else LEASE_SETTLE_LOCAL
+        self.settle = _env_float("SWEEPER_LEASE_SETTLE", settle if settle is not None else default_settle)
+        self.poll = _env_float("SWEEPER_LEASE_POLL", poll if poll is not None else min(LEASE_POLL, self.ttl / 3))
+        if self.ttl <= 3 * self.settle:
+            raise StoreError(f"lease ttl {self.ttl:g} s is too short for a settle delay of {self.settle:g} s")
+        self.owner = uuid.uuid4().hex
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.held: set[str] = set()
+        self.others: dict[str, dict] = {}  # key -> another owner's lease, as last read by acquire()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    @staticmethod
+    def _rel(key: str) -> str:
+        return f"leases/{key}.json"
+
+    def read(self, key: str) -> Optional[dict]:
+        """The lease on ``key``, or None when there is none (an unreadable one counts as none)."""
+        try:
+            doc = json.loads(self.store.read_bytes(self._rel(key)))
+        except (*_MISSING, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _live_other(self, doc: Optional[dict]) -> bool:
+        if not doc or doc.get("owner") == self.owner:
+            return False
+        try:
+            return float(doc.get("expires", 0)) > time.time()
+        except (TypeError, ValueError):
+            return False
+
+    def _write(self, key: str) -> None:
+        doc = {"owner": self.owner, "host": self.host, "pid": self.pid, "ttl": self.ttl,
+               "expires": time.time() + self.ttl, "renewed": _utc()}
+        self.store.write_bytes(self._rel(key), json.dumps(doc).encode())
+
+    def acquire(self, keys) -> list[str]:
+        """Take the lease of every key in ``keys`` that no other live owner holds; returns the keys now held,
+        in the order given. One settle delay for the whole batch."""
+        written = []
+        for key in keys:
+            cur = self.read(key)
+            if self._live_other(cur):
+                self.others[key] = cur
+                continue
+            self._write(key)
+            written.append(key)
+        if not written:
+            return []
+        time.sleep(self.settle)
+        got = []
+        for key in written:
+            cur = self.read(key)
+            if cur is not None and cur.get("owner") == self.owner:
+                got.append(key)
+                self.others.pop(key, None)
+            elif cur is not None:
+                self.others[key] = cur  # another driver wrote after us: the node is theirs
+        with self._lock:
+            self.held.update(got)
+        if got and self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="sweeper-leases", daemon=True)
+            self._thread.start()
+        return got
+
+    def holder(self, key: str) -> str:
+        """Who holds ``key``, as last seen by acquire(), for messages: ``host pid N``."""
+        doc = self.others.get(key) or {}
+        return f"{doc.get('host', '?')} pid {doc.get('pid', '?')}"
+
+    def release(self, key: str) -> None:
+        """Give up ``key`` (its node is done, or failed here): delete the lease if this driver holds it."""
+        with self._lock:  # not while the heartbeat renews it (that would write it back)
+            if key not in self.held:
+                return
+            self.held.discard(key)
+            try:
+                self.store.fs.delete_file(self.store.fs_path(self._rel(key)))
+            except _MISSING:
+                pass
+            except OSError as e:  # it expires by itself; the node's own state is its manifest
+                self._log(f"sweeper: warning: could not remove the lease {self.store.path(self._rel(key))} "
+                          f"({_cause(e)}); it expires in {self.ttl:g} s")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with self._lock:
+                keys = sorted(self.held)
+            for key in keys:
+                if self._stop.is_set():
+                    return
+                try:
+                    with self._lock:
+                        if key not in self.held:
+                            continue  # released meanwhile
+                        cur = self.read(key)
+                        if cur is not None and cur.get("owner") != self.owner:
+                            self.held.discard(key)
+                            self._log(f"sweeper: warning: the lease on node {key} expired and was taken over by "
+                                      f"{cur.get('host')} pid {cur.get('pid')}; both may compute it (the store "
+                                      "keeps one result)")
+                            continue
+                        self._write(key)
+                except Exception as e:  # a network blip: the next beat tries again (the ttl leaves two more)
+                    self._log(f"sweeper: warning: could not renew the lease on node {key} ({e})")
+
+    def close(self) -> None:
+        """Stop the heartbeat and release every lease still held (an interrupted or failed run)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for key in sorted(self.held):
+            self.release(key)
+
 
 
 def _pack(key: str, tensors: dict) -> bytes:

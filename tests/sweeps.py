@@ -93,8 +93,10 @@ class RayCluster:
         port = free_port()
         dash = ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1"] if dashboard_port
                 else ["--include-dashboard=false"])
+        # every port its own (a user's Ray beside the tests holds the defaults, e.g. 52365 and 10001)
+        own_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
         self._ray("start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-                  *dash, "--disable-usage-stats", f"--temp-dir={self.temp_dir}", cwd=cwd)
+                  *dash, *own_ports, "--disable-usage-stats", f"--temp-dir={self.temp_dir}", cwd=cwd)
         self.address = f"127.0.0.1:{port}"
         return self.address
 
@@ -104,7 +106,8 @@ class RayCluster:
         port = free_port()
         own = [f"--temp-dir={temp_dir}"] if temp_dir else []
         self._ray("start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-                  f"--node-manager-port={port}", "--disable-usage-stats", *own, cwd=cwd)
+                  f"--node-manager-port={port}", f"--dashboard-agent-listen-port={free_port()}",
+                  "--disable-usage-stats", *own, cwd=cwd)
         return port
 
     def processes(self, title: str | None = None) -> list:

@@ -55,3 +55,23 @@ def test_damaged_checkpoint_falls_back_to_the_previous_epoch(store_uri, tmp_path
     got, want = store.load_tensors(std.key), ref.load_tensors(std.key)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert store.listdir(f"checkpoints/{std.key}") == []  # removed once the node is saved
+
+
+def test_changing_the_shard_size_never_mixes_two_partitions(tmp_path):
+    """Shards of a node resumed with another run.shard_size belong to another partition: the merged set has
+    every image exactly once, in order, and the old partition's shards are removed with the rest."""
+    plan = build_plan(load(TOY))
+    std = next(n for n in plan.nodes.values() if n.stage == "std")
+    synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
+    data = plan.sweep.data.model_dump()
+    store = Store(str(tmp_path / "store"))
+    stages.run_train(std, data, 0, store)
+    model = stages.load_model(store, std.key, data)
+    stages.run_shard(synth, 0, 0, 1000, model, data, 0, store, 1000)  # an interrupted run with shards of 1,000
+    stages.run_shard(synth, 2, 2000, 3000, model, data, 0, store, 1000)
+    meta = stages.run_synthesize(synth, data, 0, store, 700)  # resumed with shards of 700
+    _, _, index = stages.synth_inputs(synth, data, 0)
+    got = store.load_tensors(synth.key)
+    assert meta["shard_size"] == 700 and meta["shards"] == -(-len(index) // 700)
+    assert torch.equal(got["index"], index)  # every image once, in order
+    assert store.listdir(f"shards/{synth.key}") == []

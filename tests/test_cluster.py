@@ -127,6 +127,7 @@ def _wait_dashboard(url, token, timeout=60):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~50 s; .ci/run runs the slow tests after `make test`
 def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
     """Token authentication on: in Ray 2.60 `ray start --head` turns it on when a token exists (or with
     RAY_AUTH_MODE=token); it does not create one. The token lives in a temp file, not ~/.ray/auth_token."""

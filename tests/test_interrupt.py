@@ -17,7 +17,7 @@ from sweeper.spec import load
 from sweeper.store import Store
 from sweeps import SLOW, write_sweep
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~75 s; .ci/run runs the slow tests after `make test`
 
 # SLOW, with a retraining long enough (6 epochs) to be interrupted in the middle
 SWEEP = SLOW.replace("train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}",

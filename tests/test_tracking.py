@@ -71,6 +71,7 @@ def test_offline_runs_equal_store_metrics(sweep_file, tmp_path, monkeypatch):
             assert b"x" * 40 not in (open(os.path.join(root, n), "rb").read()), n
 
 
+@pytest.mark.slow  # ~130 s (W&B's own retries); .ci/run runs the slow tests after `make test`
 def test_wandb_failure_keeps_results_and_disabled_writes_nothing(sweep_file, tmp_path, monkeypatch, capsys):
     """W&B made to fail in every process (online mode, a bad key, an address that refuses connections): the
     sweep completes and its results equal those of a run with W&B disabled, which writes no W&B files."""
