@@ -107,7 +107,7 @@ def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int 
     done, ran = 0, 0
     quiet = not sys.stderr.isatty()
     total = len(plan.nodes)
-    leases = Leases(store, plan.sweep.run.lease_ttl, log=log)
+    leases = Leases(store, plan.sweep.run.lease_ttl)  # its warnings go to stderr
     pending = list(enumerate(plan.nodes.values(), 1))
     waiting: set[str] = set()  # nodes seen leased by another driver (logged once)
     try:
@@ -249,6 +249,7 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     quiet = not sys.stderr.isatty()
     store.claim()
     store.clean_tmp()
+    leases = Leases(store, run.lease_ttl)  # its warnings go to stderr
     started = not ray.is_initialized()
     if started:
         address = address or local_address()
@@ -273,7 +274,6 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
             f"{res.get('GPU', 0):g} GPU, {len([n for n in ray.nodes() if n['Alive']])} node(s)")
     ran = skipped = 0
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C stops the run (stop_on_signals), not just Tune
-    leases = Leases(store, run.lease_ttl, log=log)
     try:
         with stop_on_signals():
             verify_reads(plan, store, log)

@@ -26,7 +26,7 @@ from . import data as data_mod
 from . import models
 from .attacks import AttackConfig
 from .evaluation import evaluate
-from .store import Store, provenance
+from .store import Store, StoreIOError, provenance
 from .synthesis import invert, relabel, start_points
 from .training import TrainConfig, Trainer
 
@@ -111,6 +111,8 @@ def _load_checkpoint(store: Store, key: str, label: str):
         rel = f"checkpoints/{key}/{name}"
         try:
             return torch.load(io.BytesIO(store.read_checked(rel)), weights_only=True)
+        except StoreIOError:  # the store itself failed (unreachable, permission): not a damaged checkpoint
+            raise
         except Exception as e:  # damaged: say so, drop it, fall back to the previous epoch's
             print(f"sweeper: warning: {label}: checkpoint {rel} is damaged ({type(e).__name__}: {e}); "
                   "removed, resuming from the one before it", file=sys.stderr, flush=True)

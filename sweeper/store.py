@@ -7,6 +7,7 @@ Layout under the store's root::
     nodes/<key>/manifest.json                   the commit point: meta, file sizes and sha256, its own digest
     nodes/<key>/<attempt>/tensors.safetensors   the files of one write attempt (a random id per save)
     shards/<key>/s<shard_size>/<index>/...      synthesis shards, same scheme; removed once the node is merged
+    leases/<key>.json                           which driver computes the node now (Leases); removed when done
     datasets/<name>/..., checkpoints/, tune/, reports/, wandb/
 
 Object stores have no directory rename, so a save never moves anything: it writes its files under a fresh
@@ -20,7 +21,11 @@ valid JSON, fails its own digest, or names missing files does not count as done,
 
 Requests per node save on S3: one manifest read (exists?), three per file written (pyarrow uploads in parts:
 create, part, complete) and three for the manifest, one manifest read to confirm; a load is two per file (HEAD,
-GET) plus two for the manifest. No Ray, no W&B imports.
+GET) plus two for the manifest; a node's lease (take and release) nine more. No Ray, no W&B imports.
+
+A read or write that fails for any reason but a missing file (no permission, a read-only or full disk, an S3
+endpoint that cannot be reached, no such bucket) raises StoreIOError: one line naming the store, the place and
+the cause. It is never taken for "not done" or "damaged", so a network failure cannot quarantine a good node.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ crashes, concurrent writers, the toy sweep end to end on Ray with Tune and W&B w
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -138,8 +139,9 @@ def test_toy_sweep_end_to_end_on_s3(s3_uri, tmp_path, monkeypatch, capsys):
 
 
 def test_two_drivers_on_one_s3_store_end_with_one_intact_result(s3_uri, tmp_path):
-    """Two `sweeper run` processes on the same sweep and S3 store at the same time both succeed; every node is
-    intact (checksums verified) and the results equal a single undisturbed run."""
+    """Two `sweeper run` processes on the same sweep and S3 store at the same time both succeed, and compute
+    every node exactly once between them (node leases; counted from both outputs); every node is intact and
+    the results equal a single undisturbed run. (tests/test_leases.py: the same on local disk, dead drivers.)"""
     ref = str(tmp_path / "ref")
     assert main(["run", str(TOY), "--store", ref, "--executor", "local", "--threads", "1", "--no-report"]) == 0
     cmd = [SWEEPER, "run", str(TOY), "--store", s3_uri, "--executor", "local", "--threads", "1", "--no-report",
@@ -148,4 +150,11 @@ def test_two_drivers_on_one_s3_store_end_with_one_intact_result(s3_uri, tmp_path
              for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
+    plan = build_plan(load(TOY))
+    node_line = re.compile(r"^\[\d+/\d+\] \S+\s+\S+ \(([0-9a-f]{16})\) \.\.\.$", re.M)  # "[2/8] train  std (key) ..."
+    started = [k for out in outs for k in node_line.findall(out)]
+    assert sorted(started) == sorted(plan.nodes), outs  # each node once, in total
+    assert sum(int(re.search(r"ran (\d+) nodes", out).group(1)) for out in outs) == len(plan.nodes), outs
     assert results_of(TOY, s3_uri) == results_of(TOY, ref)
+    assert Store(s3_uri).is_done(next(iter(plan.nodes)), verify=True)
+    assert not [i for i in Store(s3_uri).listdir("leases") if i.base_name.endswith(".json")]  # all released

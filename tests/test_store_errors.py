@@ -149,3 +149,18 @@ def test_a_full_disk_mid_run(tmp_path):
     assert all(s.damage(k) is None for k in done)
     assert not [p for p in copy.rglob("*") if p.name.endswith(".tmp")]
     assert not [p for p in copy.rglob("*.json") if p.parent.name == "leases"]  # released on the way out
+
+
+def test_an_unreachable_store_is_never_taken_for_not_done_or_damaged(s3_uri, s3_server):
+    """Reads that fail for a reason other than a missing file raise StoreIOError: a node is not reported as
+    "not done" (computed again) nor "damaged" (moved aside) because the endpoint went away."""
+    import torch
+
+    from sweeper.store import StoreIOError
+
+    Store(s3_uri).save("k", meta={"a": 1}, tensors={"w": torch.zeros(3)})
+    gone = Store(s3_uri.replace(s3_server.endpoint, f"127.0.0.1:{_free_port()}"))
+    for probe in (lambda: gone.is_done("k"), lambda: gone.damage("k"), lambda: gone.load_meta("k")):
+        with pytest.raises(StoreIOError, match="NETWORK_CONNECTION"):
+            probe()
+    assert Store(s3_uri).damage("k") is None
