@@ -22,7 +22,15 @@ import time
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sweeper", description=__doc__.split("\n\n")[0])
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="sweeper", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 done (every node of the plan verified in the store); 2 a bad sweep file, --set or "
+               "store; 3 data not found or damaged;\n4 a cluster or job problem (address, token); 5 work failed "
+               "after its retries (run the same command again to resume);\n130 / 143 interrupted by Ctrl-C / "
+               "SIGTERM (run the same command again to resume)")
+    p.add_argument("--version", action="version", version=f"sweeper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in [("plan", "print the plan (nodes, edges, counts, done marks)"),
                         ("run", "run the sweep; re-running resumes"),
@@ -42,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "Tune trials; local: everything in this process, for debugging (no Ray)")
             s.add_argument("--threads", type=int, default=None, help="torch threads (--executor local only)")
             s.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None,
-                           help="W&B mode (default: run.wandb of the file, then WANDB_MODE, then offline)")
+                           help="W&B mode (default: WANDB_MODE, then run.wandb of the file, then offline)")
             s.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     s = sub.add_parser("validate-cluster", help="check a Ray cluster launcher file (cluster.yaml) offline")
     s.add_argument("file", help="e.g. cluster.yaml")
@@ -74,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the same overrides as given to run")
     s.add_argument("--to", default=None, metavar="DIR",
-                   help="where to put them (default: wandb-runs/<sweep name>); a local store is used in place")
+                   help="where to put them (default: wandb-runs/<sweep name>)")
     for name, help_ in [("status", "print a submitted job's status"), ("logs", "print a submitted job's logs")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("job", help="the job id printed by `sweeper submit`")
@@ -230,14 +238,12 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_wandb(args) -> int:
-    from .tracking import download_runs, offline_run_files
+    from .tracking import download_runs, run_ids
 
-    sweep, _, store = _load(args)
-    if store.is_local and args.to is None:
-        runs = sorted({os.path.dirname(f) for f in offline_run_files(store.local_path("wandb"))})
-    else:
-        dest = os.path.abspath(args.to or os.path.join("wandb-runs", sweep.name))
-        runs = download_runs(store, dest)
+    sweep, plan, store = _load(args)
+    # this sweep's runs only (a store may hold several sweeps), copied to one folder of their own
+    dest = os.path.abspath(args.to or os.path.join("wandb-runs", sweep.name))
+    runs = download_runs(store, dest, run_ids(plan))
     if not runs:
         print(f"no offline W&B runs in {store.path('wandb')} (run with --wandb offline)", file=sys.stderr)
         return 1

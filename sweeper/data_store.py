@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .data import FASHION_MNIST_SYSTEM_DIR, DataNotFoundError, _find_idx
-from .store import Store
+from .store import _MISSING, Store
 
 __all__ = ["STORE_ROOT", "PUSHABLE", "CorruptDataset", "push", "list_pushed", "dataset_uri", "resolve_data_root",
            "is_pushed", "fetch", "local_root", "cache_dir"]
@@ -102,7 +102,7 @@ def _manifest_bytes(dataset: str, files: dict) -> bytes:
 def _read_manifest(store: Store, rel: str) -> Optional[dict]:
     try:
         m = json.loads(store.read_bytes(rel))
-    except (FileNotFoundError, OSError, ValueError):
+    except (*_MISSING, ValueError):  # not there; a store that fails (StoreIOError) ends the command
         return None
     return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
 
@@ -151,7 +151,7 @@ def list_pushed(store: Store) -> list[dict]:
         try:
             raw = store.read_bytes(f"datasets/{name}/{MANIFEST}")
             m = json.loads(raw)
-        except (FileNotFoundError, OSError, ValueError):
+        except (*_MISSING, ValueError):
             continue
         out.append({"dataset": name, "files": len(m["files"]), "bytes": sum(f["size"] for f in m["files"].values()),
                     "digest": hashlib.sha256(raw).hexdigest()[:16]})
@@ -220,7 +220,7 @@ def fetch(root: str, dataset: str, cache: Optional[Path] = None) -> Path:
     src = Store(root)
     try:
         raw = src.read_bytes(MANIFEST)
-    except (FileNotFoundError, OSError) as e:
+    except _MISSING as e:
         raise DataNotFoundError(f"{dataset}: no pushed dataset at {root} ({MANIFEST} unreadable: {e}); push it "
                                 f"with `sweeper data push {dataset} --store STORE`") from None
     try:
@@ -239,7 +239,7 @@ def fetch(root: str, dataset: str, cache: Optional[Path] = None) -> Path:
             continue
         try:
             data = src.read_bytes(name)
-        except (FileNotFoundError, OSError) as e:
+        except _MISSING as e:
             raise CorruptDataset(f"{dataset}: file {name} of the pushed dataset at {root} is missing or unreadable "
                                  f"({e}); push it again (`sweeper data push {dataset} --store STORE --force`)"
                                  ) from None

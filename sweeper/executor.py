@@ -41,12 +41,13 @@ RECEIVED: list[int] = []  # the signals stop_on_signals() turned into Interrupte
 
 
 class Incomplete(RuntimeError):
-    """The run ended but some node it was asked for is not verified done in the store."""
+    """The run ended but some node it was asked for is not done in the store (no intact manifest whose files
+    are all there with their sizes; the inputs it read were sha256-checked by verify_reads)."""
 
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """While running: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (Ray's driver turns SIGTERM
+    """While running: SIGINT, SIGTERM and SIGHUP (a closed terminal) raise :class:`Interrupted` in the main thread (Ray's driver turns SIGTERM
     into a bare exit, and Ray Tune would catch SIGINT and end "gracefully"); the old handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -56,7 +57,9 @@ def stop_on_signals():
         RECEIVED.append(signum)  # Ray's wait loops re-raise any exception from a handler as a bare KeyboardInterrupt
         raise Interrupted(signum)
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    RECEIVED.clear()
+    sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {sig: signal.signal(sig, handler) for sig in sigs}
     try:
         yield
     finally:
@@ -82,7 +85,7 @@ def verify_reads(plan: Plan, store: Store, log: Log) -> list[str]:
                 where = store.quarantine(key, damage)
                 moved.append(key)
                 log(f"sweeper: warning: {plan.nodes[key].label} ({key}): stored artifact is damaged ({damage}); "
-                    f"moved aside to {where}, computing it again")
+                    + (f"moved aside to {where}, computing it again" if where else "it is being replaced"))
 
 
 def check_done(plan: Plan, store: Store) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 import ray
 
 from . import stages
-from .store import Store
+from .store import Store, StoreIOError
 
 
 class ShardFailed(RuntimeError):
@@ -125,8 +125,10 @@ class ShardPool:
 
     def _retry(self, node, shard, attempts: dict, todo: list, err: Exception) -> None:
         i = shard[0]
+        cause = getattr(err, "cause", None) or err  # a task's own exception, without Ray's remote frames
+        if isinstance(cause, StoreIOError):  # the store failed (full, read-only, unreachable): retrying won't help
+            raise cause from None
         if attempts[i] > self.max_retries:
-            cause = getattr(err, "cause", None) or err  # a task's own exception, without Ray's remote frames
             raise ShardFailed(f"{node.label}: shard {i} (images {shard[1][0]}-{shard[1][1]}) failed {attempts[i]} "
                               f"times; last error: {type(cause).__name__}: {cause}") from err
         todo.insert(0, shard)

@@ -102,7 +102,11 @@ def _ckpt_path(key: str, epoch: int) -> str:
     return f"checkpoints/{key}/{int(epoch):05d}.pt"
 
 
-def _load_checkpoint(store: Store, key: str, label: str):
+def _warn(msg: str) -> None:
+    print(f"sweeper: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _load_checkpoint(store: Store, key: str, label: str, warn: Callable[[str], None] = _warn):
     """The newest intact per-epoch checkpoint of a training node, or None. A damaged one (a crash mid-upload
     on a store without atomic writes, a flipped byte) is reported, removed, and the one before it is used."""
     found = sorted((i.base_name for i in store.listdir(f"checkpoints/{key}") if i.base_name.endswith(".pt")),
@@ -114,14 +118,15 @@ def _load_checkpoint(store: Store, key: str, label: str):
         except StoreIOError:  # the store itself failed (unreachable, permission): not a damaged checkpoint
             raise
         except Exception as e:  # damaged: say so, drop it, fall back to the previous epoch's
-            print(f"sweeper: warning: {label}: checkpoint {rel} is damaged ({type(e).__name__}: {e}); "
-                  "removed, resuming from the one before it", file=sys.stderr, flush=True)
+            warn(f"{label}: checkpoint {rel} is damaged ({type(e).__name__}: {e}); removed, resuming from the one "
+                 "before it")
             store.delete(rel)
     return None
 
 
 def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
-              on_epoch: EpochCallback | None = None, curve: dict | None = None) -> dict:
+              on_epoch: EpochCallback | None = None, curve: dict | None = None,
+              warn: Callable[[str], None] = _warn) -> dict:
     """Train a model (standard or adversarial) on real data or on a synthesized set; resumable per epoch.
 
     Every epoch scores the first HISTORY_TEST_SIZE test images; with ``curve`` (see Plan.robust_curve) the
@@ -145,7 +150,7 @@ def run_train(node, data_spec: dict, sweep_seed: int, store: Store,
                       adversarial=attack_config(p.get("adversarial")), seed=seed)
     trainer = Trainer(model, x, y, cfg, bounds=train_ds.bounds)
     history: list[dict] = []
-    state = _load_checkpoint(store, node.key, node.label)
+    state = _load_checkpoint(store, node.key, node.label, warn)
     if state is not None:  # resume after an interruption
         trainer.load_state_dict(state["trainer"])
         history = state["history_rows"]

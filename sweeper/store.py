@@ -109,9 +109,15 @@ def _fail_fast(fs):
     refuses unknown query parameters); SWEEPER_S3_MAX_ATTEMPTS overrides the count."""
     if not isinstance(fs, pafs.S3FileSystem):
         return fs
-    attempts = int(os.environ.get("SWEEPER_S3_MAX_ATTEMPTS") or S3_MAX_ATTEMPTS)
-    kwargs = fs.__reduce__()[1][0]  # every option from_uri parsed (endpoint, scheme, region, credentials...)
-    return pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+    raw = os.environ.get("SWEEPER_S3_MAX_ATTEMPTS") or str(S3_MAX_ATTEMPTS)
+    if not raw.isdigit() or int(raw) < 1:
+        raise StoreError(f"SWEEPER_S3_MAX_ATTEMPTS={raw!r}: expected a whole number >= 1")
+    try:  # every option from_uri parsed (endpoint, scheme, region, credentials...); pyarrow's pickle layout
+        kwargs = dict(fs.__reduce__()[1][0])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # another pyarrow: keep its defaults
+        return fs
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=int(raw))
+    return pafs.S3FileSystem(**kwargs)
 
 
 class Store:
@@ -237,7 +243,7 @@ class Store:
             self._write(tmp, data, show=path)
             with self._io("write", path, write=True):
                 self.fs.move(tmp, path)
-        except OSError:  # a full disk mid-write, a failed rename: leave no partial temp file behind
+        except BaseException:  # a full disk mid-write, a failed rename, Ctrl-C: leave no partial temp file behind
             try:
                 self.fs.delete_file(tmp)
             except OSError:
@@ -302,9 +308,10 @@ class Store:
         entries = {i.base_name for i in self.listdir("")}
         if MARKER in entries:  # another driver marked it a moment ago
             return
+        entries = {e for e in entries if not (e.startswith(".") and e.endswith(".tmp"))}  # writes in progress
         ours = {"nodes", "shards", "checkpoints", "tune", "reports", "wandb", "datasets", "quarantine", "tmp",
                 "leases"}
-        if entries - ours or (entries and not entries & {"nodes", "shards"}):
+        if (entries - ours or (entries and not entries & {"nodes", "shards"})) and not self.exists(MARKER):
             foreign = sorted(entries - ours) or sorted(entries)
             raise StoreError(f"store {self.uri} is not empty and is not a sweeper store (no {MARKER}; it holds "
                              f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); give --store an "
@@ -377,15 +384,19 @@ class Store:
     def _files_rel(rel: str, manifest: dict) -> str:
         return f"{rel}/{manifest['attempt']}" if manifest.get("attempt") else rel
 
-    def _verify(self, rel: str, manifest: dict) -> bool:
+    def _damage_of(self, rel: str, manifest: dict) -> Optional[str]:
+        """None when every file the manifest names reads back with its sha256, else what is wrong."""
         base = self._files_rel(rel, manifest)
         for name, info in manifest["files"].items():
             try:
                 if _sha(self.read_bytes(f"{base}/{name}")) != info["sha256"]:
-                    return False
+                    return f"file {name} fails its sha256 check"
             except _MISSING:
-                return False
-        return True
+                return f"file {name} is missing"
+        return None
+
+    def _verify(self, rel: str, manifest: dict) -> bool:
+        return self._damage_of(rel, manifest) is None
 
     def _read_checked(self, rel: str, key: str, name: str) -> bytes:
         for retry in (False, True):
@@ -436,25 +447,33 @@ class Store:
         m = self._manifest(rel)
         if m is None:
             return "its manifest is missing, not valid JSON, fails its digest, or names missing files"
-        base = self._files_rel(rel, m)
-        for name, info in m["files"].items():
-            try:
-                if _sha(self.read_bytes(f"{base}/{name}")) != info["sha256"]:
-                    return f"file {name} fails its sha256 check"
-            except _MISSING:
-                return f"file {name} is missing"
-        return None
+        return self._damage_of(rel, m)
 
-    def quarantine(self, key: str, reason: str) -> str:
-        """Move a damaged node aside so that it counts as not done and is computed again: its manifest (if
-        readable) and the reason go to ``quarantine/<key>-<time>.json``, its folder is removed. Returns that path."""
-        rel = f"quarantine/{key}-{_utc().replace(':', '')}.json"
+    def quarantine(self, key: str, reason: str) -> Optional[str]:
+        """Move a damaged node aside so that it counts as not done and is computed again: its manifest and the
+        reason go to ``quarantine/<key>-<time>-<id>.json``, then the manifest and the attempt folder it names are
+        removed, only if the manifest is still the one judged damaged (another driver may be replacing it).
+        Returns that record's path, or None when there was nothing (any more) to move."""
         try:
-            old = self.read_bytes(f"nodes/{key}/{MANIFEST}").decode(errors="replace")
+            old = self.read_bytes(f"nodes/{key}/{MANIFEST}")
         except _MISSING:
-            old = None
-        self.write_text(rel, json.dumps({"key": key, "reason": reason, "moved": _utc(), "manifest": old}, indent=1))
-        self.delete(f"nodes/{key}")
+            return None
+        rel = f"quarantine/{key}-{_utc().replace(':', '')}-{uuid.uuid4().hex[:6]}.json"
+        self.write_text(rel, json.dumps({"key": key, "reason": reason, "moved": _utc(),
+                                         "manifest": old.decode(errors="replace")}, indent=1))
+        try:
+            now = self.read_bytes(f"nodes/{key}/{MANIFEST}")
+        except _MISSING:
+            return rel
+        if now != old:
+            return rel  # replaced meanwhile by a fresh commit: that one is not judged here
+        self.delete(f"nodes/{key}/{MANIFEST}")
+        try:
+            attempt = json.loads(old).get("attempt")
+        except (ValueError, AttributeError):
+            attempt = None
+        if isinstance(attempt, str) and attempt and "/" not in attempt and not attempt.startswith("."):
+            self.delete(f"nodes/{key}/{attempt}")
         return rel
 
     def load_file(self, key: str, name: str) -> bytes:
@@ -501,6 +520,16 @@ def _env_float(name: str, default: float) -> float:
         return float(v) if v else default
     except ValueError:
         raise StoreError(f"{name}={v!r} is not a number of seconds") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 class Leases:
@@ -555,9 +584,13 @@ class Leases:
         if not doc or doc.get("owner") == self.owner:
             return False
         try:
-            return float(doc.get("expires", 0)) > time.time()
+            if float(doc.get("expires", 0)) <= time.time():
+                return False
         except (TypeError, ValueError):
             return False
+        if doc.get("host") == self.host and isinstance(doc.get("pid"), int) and doc.get("pid") != self.pid:
+            return _pid_alive(doc["pid"])  # a driver of this machine that died (SIGKILL, OOM) holds nothing
+        return True
 
     def _write(self, key: str) -> None:
         doc = {"owner": self.owner, "host": self.host, "pid": self.pid, "ttl": self.ttl,
@@ -573,8 +606,10 @@ class Leases:
             if self._live_other(cur):
                 self.others[key] = cur
                 continue
-            self._write(key)
             written.append(key)
+            with self._lock:
+                self.held.add(key)  # released by close() even if Ctrl-C comes during the settle delay
+            self._write(key)
         if not written:
             return []
         time.sleep(self.settle)
@@ -584,10 +619,11 @@ class Leases:
             if cur is not None and cur.get("owner") == self.owner:
                 got.append(key)
                 self.others.pop(key, None)
-            elif cur is not None:
-                self.others[key] = cur  # another driver wrote after us: the node is theirs
-        with self._lock:
-            self.held.update(got)
+            else:
+                with self._lock:
+                    self.held.discard(key)
+                if cur is not None:
+                    self.others[key] = cur  # another driver wrote after us: the node is theirs
         if got and self._thread is None:
             self._thread = threading.Thread(target=self._beat, name="sweeper-leases", daemon=True)
             self._thread.start()

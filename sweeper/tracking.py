@@ -141,13 +141,23 @@ def upload_runs(staging: str, store) -> list[str]:
     return done
 
 
-def download_runs(store, dest: str) -> list[str]:
-    """Copy the store's offline W&B runs into ``dest`` (one folder per run); returns the run folders."""
+def run_ids(plan) -> set[str]:
+    """The W&B run ids of a sweep: one per node and the report's."""
+    return {f"{plan.sweep.name}-{k}" for k in plan.nodes} | {f"{plan.sweep.name}-report"}
+
+
+def _is_run_of(folder: str, ids: set[str] | None) -> bool:
+    # offline-run-<YYYYMMDD_HHMMSS>-<run id>
+    return folder.startswith("offline-run-") and (ids is None or folder.split("-", 3)[-1] in ids)
+
+
+def download_runs(store, dest: str, ids: set[str] | None = None) -> list[str]:
+    """Copy the store's offline W&B runs (those of ``ids`` when given) into ``dest``; returns the run folders."""
     import pyarrow.fs as pafs
 
     out = []
     for info in store.listdir("wandb/wandb"):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("offline-run-"):
+        if info.type == pafs.FileType.Directory and _is_run_of(info.base_name, ids):
             target = os.path.join(dest, info.base_name)
             pafs.copy_files(info.path, target, source_filesystem=store.fs,
                             destination_filesystem=pafs.LocalFileSystem())

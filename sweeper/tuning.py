@@ -32,12 +32,19 @@ def _trial(config: dict, plan, store_uri: str, threads: int, wandb_mode: str | N
         return
     with tracking.tracked(plan, node, store, wandb_mode) as wb:
         if node.kind == "train":
+            warnings: list[str] = []  # a trial's stderr stays in its worker log: warnings go with the next result
+
             def on_epoch(row: dict) -> None:
                 row = {k: v for k, v in row.items() if isinstance(v, (int, float))}
                 wb.log(row, step=int(row["epoch"]))
-                tune.report({**row, **({"wandb_error": wb.error} if wb.error else {})})
+                extra = {"wandb_error": wb.error} if wb.error else {}
+                if warnings:
+                    extra["warning"] = "; ".join(warnings)
+                    warnings.clear()
+                tune.report({**row, **extra})
 
-            stages.run_train(node, data_spec, sweep_seed, store, on_epoch=on_epoch, curve=plan.robust_curve(node))
+            stages.run_train(node, data_spec, sweep_seed, store, on_epoch=on_epoch, curve=plan.robust_curve(node),
+                             warn=warnings.append)
         elif node.kind == "evaluate":
             metrics = eval_metrics(stages.run_evaluate(node, data_spec, sweep_seed, store))
             wb.log(metrics)
@@ -50,6 +57,19 @@ def gpus_for(arch: str, gpus_per_trial) -> float:
     if isinstance(gpus_per_trial, dict):
         return float(gpus_per_trial.get(arch, gpus_per_trial.get("default", 0)))
     return float(gpus_per_trial or 0)
+
+
+def _store_error(err: BaseException | None):
+    """The StoreIOError behind a trial's error (Tune and Ray wrap the trial's own exception), if any."""
+    from .store import StoreIOError
+
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, StoreIOError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+        seen += 1
+    return None
 
 
 class TrialsFailed(RuntimeError):
@@ -70,6 +90,8 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         node = self.by_key.get(trial.config.get("key"))
+        if result.get("warning") and node is not None:
+            self._line(f"  sweeper: warning: {result['warning']}")
         if result.get("wandb_error") and node is not None and node.key not in self.wandb_warned:
             self.wandb_warned.add(node.key)  # a trial's stderr stays in its worker log; say it here
             self._line(f"  sweeper: warning: {node.label}: {result['wandb_error']}")
@@ -132,6 +154,10 @@ def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | N
     finally:
         progress.close()
     failed = [(r.config.get("key") if r.config else "?", r.error) for r in results if r.error]
+    for _, err in failed:
+        store_error = _store_error(err)
+        if store_error is not None:  # the store failed (full, read-only, unreachable): one line, not a trial error
+            raise store_error from None
     if failed:
         labels = ", ".join(f"{by_key[k].label if k in by_key else k}: {e}" for k, e in failed[:3])
         raise TrialsFailed(f"{len(failed)} Tune trial(s) failed after {run_spec.max_failures} retries: {labels}. "

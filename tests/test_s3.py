@@ -125,6 +125,8 @@ def test_toy_sweep_end_to_end_on_s3(s3_uri, tmp_path, monkeypatch, capsys):
     assert s.exists("reports/toy/report.md") and s.exists("sweeper-store.json")
 
     dest = tmp_path / "runs"
+    # another sweep's run in the same store is not this sweep's to upload
+    s.write_text("wandb/wandb/offline-run-20260101_000000-other-0123456789abcdef/run-other.wandb", "x")
     assert main(["wandb", str(TOY), "--store", s3_uri, "--to", str(dest)]) == 0
     runs = sorted(p.name for p in dest.iterdir())
     plan = build_plan(load(TOY))

@@ -1,0 +1,45 @@
+"""The command line itself: --version, `python -m sweeper`, --set overrides on plan/report, exit codes in --help."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from sweeper import __version__
+from sweeper.cli import main
+
+TOY = pathlib.Path(__file__).resolve().parents[1] / "search_spaces" / "toy.yaml"
+
+
+def test_version_and_python_dash_m():
+    r = subprocess.run([sys.executable, "-m", "sweeper", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"sweeper {__version__}"
+    r = subprocess.run([sys.executable, "-m", "sweeper", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "exit codes:" in r.stdout and "130 / 143" in r.stdout
+
+
+def _keys(out: str) -> list[str]:
+    return [line.split()[0] for line in out.splitlines() if len(line.split()) > 2 and len(line.split()[0]) == 16]
+
+
+def test_set_overrides_reach_the_plan(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    assert main(["plan", str(TOY), "--store", store]) == 0
+    base = _keys(capsys.readouterr().out)
+    assert main(["plan", str(TOY), "--store", store, "--set", "seed=1"]) == 0
+    seeded = _keys(capsys.readouterr().out)
+    assert main(["plan", str(TOY), "--store", store, "--set", "stages.d_det.attack.eps={grid: [0.2, 0.4]}"]) == 0
+    grid = _keys(capsys.readouterr().out)
+    assert len(base) == 8 and set(base).isdisjoint(seeded)
+    assert len(grid) > len(base) and set(grid) > {k for k in base}  # eps 0.4 is the file's own value
+
+
+@pytest.mark.parametrize("item, expect", [
+    ("junk", "--set expects KEY=VALUE (got 'junk')"),
+    ("stages.d_det.attack.eps=.inf", "stages.d_det.attack.eps"),
+    ("stages.nope.kind=train", "stages.nope"),
+])
+def test_bad_set_is_one_line_and_exit_2(tmp_path, capsys, item, expect):
+    assert main(["plan", str(TOY), "--store", str(tmp_path / "s"), "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
