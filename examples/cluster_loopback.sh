@@ -5,7 +5,7 @@
 #                         with its own --temp-dir (they share no folder; everything goes through the store)
 # then the same commands a cluster user runs: data push, submit, status, logs, report, wandb + `wandb sync`.
 #
-#   examples/cluster_loopback.sh            (after `make setup`; about 3 minutes on 2 cores)
+#   examples/cluster_loopback.sh            (after `make setup`; about 1.5 minutes on 2 cores)
 #
 # It stops only what it started (its own Ray processes, found by its own temp folder; never `ray stop`).
 set -euo pipefail
@@ -23,11 +23,12 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGIO
 
 cleanup() {
   "$BIN/python" - "$WORK" "$GCS_PORT" <<'EOF' || true
-import sys, psutil
+import os, sys, psutil
 work = sys.argv[1]
 port = sys.argv[2]  # the head's GCS port: Ray's client server names only that, not the temp folder
-mine = [p for p in psutil.process_iter(["cmdline"])
-        if any(work in a or a.endswith(":" + port) for a in (p.info["cmdline"] or []))]
+me = {os.getpid(), os.getppid()}  # this cleanup names the folder too
+mine = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in me
+        and any(work in a or a.endswith(":" + port) for a in (p.info["cmdline"] or []))]
 procs = {p.pid: p for p in mine}
 for p in mine:
     try:
@@ -46,7 +47,8 @@ for p in alive:
     except psutil.NoSuchProcess:
         pass
 EOF
-  if [ -n "${S3_PID:-}" ]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi; true
+  if [ -n "${S3_PID:-}" ]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
+  if [ "${OK:-}" = 1 ]; then rm -rf "$WORK"; else echo "kept for a look: $WORK" >&2; fi
 }
 trap cleanup EXIT
 step() { echo; echo "=== $*"; }
@@ -100,3 +102,4 @@ head -n 3 "$WORK/sync.txt"
 step "local folders (user, head, worker): $(ls -A "$WORK/here") | $(ls -A "$WORK/head") | $(ls -A "$WORK/worker")"
 [ "$(ls -A "$WORK/here")" = "wandb-runs" ] && [ -z "$(ls -A "$WORK/head")" ] && [ -z "$(ls -A "$WORK/worker")" ]
 echo "loopback walkthrough: OK"
+OK=1
