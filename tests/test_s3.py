@@ -160,3 +160,18 @@ def test_two_drivers_on_one_s3_store_end_with_one_intact_result(s3_uri, tmp_path
     assert results_of(TOY, s3_uri) == results_of(TOY, ref)
     assert Store(s3_uri).is_done(next(iter(plan.nodes)), verify=True)
     assert not [i for i in Store(s3_uri).listdir("leases") if i.base_name.endswith(".json")]  # all released
+
+
+def test_a_prefix_holding_other_things_is_not_taken_for_a_store(s3_uri):
+    """On S3 as on disk: a non-empty prefix without the store's marker is refused, and nothing is written."""
+    from sweeper.store import StoreError
+
+    s = Store(s3_uri)
+    s.write_text("photos/holiday.txt", "mine")
+    with pytest.raises(StoreError, match="not a sweeper store"):
+        s.claim()
+    assert [i.base_name for i in s.listdir("")] == ["photos"]
+    base, query = s3_uri.split("?")
+    fresh = Store(f"{base}-new?{query}")
+    fresh.claim()
+    assert fresh.exists("sweeper-store.json")
