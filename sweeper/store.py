@@ -606,10 +606,15 @@ class Leases:
             if self._live_other(cur):
                 self.others[key] = cur
                 continue
-            written.append(key)
             with self._lock:
                 self.held.add(key)  # released by close() even if Ctrl-C comes during the settle delay
-            self._write(key)
+            try:
+                self._write(key)
+            except BaseException:
+                with self._lock:
+                    self.held.discard(key)  # never written: nothing to release
+                raise
+            written.append(key)
         if not written:
             return []
         time.sleep(self.settle)
