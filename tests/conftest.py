@@ -83,3 +83,11 @@ def s3_server():
 def s3_uri(s3_server):
     """A fresh, empty store URI on the S3 server: s3://bucket/<unique>?endpoint_override=...&scheme=http."""
     return s3_server.uri()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path):
+    """The same test on a local folder and on the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_uri")

@@ -17,13 +17,6 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "store")
-    return request.getfixturevalue("s3_uri")
-
-
 def test_damaged_checkpoint_falls_back_to_the_previous_epoch(store_uri, tmp_path, capsys):
     plan = build_plan(load(TOY))
     std = next(n for n in plan.nodes.values() if n.stage == "std")

@@ -4,8 +4,6 @@ manifest that is not JSON or whose meta was edited counts as not done and is rep
 import json
 import pathlib
 
-import pytest
-
 from sweeper.cli import main
 from sweeper.plan import build_plan
 from sweeper.spec import load
@@ -13,13 +11,6 @@ from sweeper.store import Store
 from sweeps import results_of
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "search_spaces" / "toy.yaml"
-
-
-@pytest.fixture(params=["local", "s3"])
-def store_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "store")
-    return request.getfixturevalue("s3_uri")
 
 
 def _run(uri):

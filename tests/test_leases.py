@@ -41,18 +41,11 @@ def _drivers(n: int, store: str, cwd, *extra: str, env: dict | None = None):
 
 
 # ------------------------------------------------------------------------------------------ the lease itself
-@pytest.fixture(params=["local", "s3"])
-def any_store(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "store")
-    return request.getfixturevalue("s3_uri")
-
-
-def test_one_owner_among_drivers_racing_for_a_node(any_store):
+def test_one_owner_among_drivers_racing_for_a_node(store_uri):
     """Four drivers write their lease on the same node at the same moment: all read back the same owner."""
-    store = Store(any_store)
+    store = Store(store_uri)
     for round_ in range(3 if store.is_local else 2):
-        leases = [Leases(Store(any_store), ttl=60) for _ in range(4)]
+        leases = [Leases(Store(store_uri), ttl=60) for _ in range(4)]
         barrier = threading.Barrier(4)
         got = [None] * 4
 
@@ -72,10 +65,10 @@ def test_one_owner_among_drivers_racing_for_a_node(any_store):
         assert not store.exists(f"leases/k{round_}.json")  # released by its owner, left alone by the others
 
 
-def test_a_live_lease_is_respected_an_expired_one_taken_over_and_renewed_while_held(any_store):
-    store = Store(any_store)
+def test_a_live_lease_is_respected_an_expired_one_taken_over_and_renewed_while_held(store_uri):
+    store = Store(store_uri)
     a = Leases(store, ttl=1.5, settle=0.05)
-    b = Leases(Store(any_store), ttl=1.5, settle=0.05, poll=0.1)
+    b = Leases(Store(store_uri), ttl=1.5, settle=0.05, poll=0.1)
     assert a.acquire(["k"]) == ["k"]
     first = json.loads(store.read_bytes("leases/k.json"))["expires"]
     time.sleep(2.5)  # past the ttl: only the heartbeat (every ttl/3) keeps it alive
