@@ -92,27 +92,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args):
     from .plan import build_plan
-    from .spec import load
+    from .spec import SpecError, load
     from .store import Store
 
-    overrides = getattr(args, "overrides", None)
-    if overrides:
-        from pathlib import Path
-
-        from .spec import SpecError, _yaml, apply_overrides, validate
-
-        try:
-            sets = _parse_sets(overrides)
-            text = Path(args.file).read_text()
-        except (ValueError, OSError) as e:
-            raise SpecError(args.file, "", str(e)) from None
-        try:
-            raw = apply_overrides(_yaml(text, args.file), sets)
-        except ValueError as e:
-            raise SpecError(args.file, "", f"--set: {e}") from None
-        sweep = validate(raw, source=f"{args.file} (with --set {' '.join(overrides)})")
-    else:
-        sweep = load(args.file)
+    try:
+        overrides = _parse_sets(getattr(args, "overrides", None) or [])
+    except ValueError as e:
+        raise SpecError(args.file, "", str(e)) from None
+    sweep = load(args.file, overrides or None)
     plan = build_plan(sweep)
     store = Store(args.store or sweep.run.store)
     store.check()  # an unreachable endpoint, no such bucket, a path under a file: one line now, not later

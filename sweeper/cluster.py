@@ -332,7 +332,7 @@ def submit(sweep_file: str | os.PathLike, address: str, *, overrides: Optional[d
     overridden sweep is written to .sweeper-submit/<name>.yaml and that file is submitted. Submitting the same
     sweep again resumes it: nodes already in the store are skipped.
     """
-    from .spec import SpecError, _yaml, apply_overrides, validate
+    from .spec import load_raw
 
     root = Path.cwd().resolve()
     src = Path(sweep_file).resolve()
@@ -341,20 +341,13 @@ def submit(sweep_file: str | os.PathLike, address: str, *, overrides: Optional[d
     except ValueError:
         raise ClusterError(f"{sweep_file}: the sweep file must be inside the project directory {root} "
                            "(it is uploaded as the job's working directory)") from None
-    text = src.read_text() if src.exists() else None
-    if text is None:
-        raise SpecError(str(sweep_file), "", "cannot read: no such file")
-    raw = _yaml(text, str(sweep_file))
+    raw, sweep = load_raw(sweep_file, overrides)
     if overrides:
-        raw = apply_overrides(raw, overrides)
-        sweep = validate(raw, source=f"{sweep_file} (with overrides)")
         out = root / SUBMIT_DIR / f"{sweep.name}.yaml"
         out.parent.mkdir(exist_ok=True)
         text = yaml.safe_dump(raw, sort_keys=False)
         out.write_text(text)
         rel = out.relative_to(root)
-    else:
-        sweep = validate(raw, source=str(sweep_file))
     eff = store or sweep.run.store
     if "://" not in eff and not os.path.isabs(os.path.expanduser(eff)):
         raise ClusterError(f"{sweep_file}: run.store is the relative path {eff!r}, which the job would resolve "
@@ -445,13 +438,10 @@ def fetch_results(sweep_file: str | os.PathLike, store: Optional[str] = None,
                   overrides: Optional[dict[str, Any]] = None) -> list[dict]:
     """The results table (one dict per evaluation row) written by the job's report:
     <store>/reports/<sweep name>/results.json."""
-    from .spec import _yaml, apply_overrides, validate
+    from .spec import load
     from .store import Store
 
-    raw = _yaml(Path(sweep_file).read_text(), str(sweep_file))
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    sweep = validate(raw, source=str(sweep_file))
+    sweep = load(sweep_file, overrides)
     data = json.loads(Store(store or sweep.run.store).read_bytes(f"reports/{sweep.name}/results.json"))
     if isinstance(data, dict):
         for k in ("rows", "results"):

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from . import stages, tracking
 from .data_store import resolve_data_root
 from .plan import Plan
-from .store import Leases, Store
+from .leases import Leases
+from .store import Store
 
 Log = Callable[[str], None]
 
@@ -100,7 +101,7 @@ def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int 
              wandb_mode: str | None = None) -> dict:
     """Execute every node of ``plan`` not yet done, in this process. Returns counts of work done/skipped.
 
-    Each node is computed under a lease (store.Leases): another driver on the same store computes other nodes
+    Each node is computed under a lease (leases.Leases): another driver on the same store computes other nodes
     meanwhile, and a node it holds is waited for (is it done? has its lease expired?), never computed twice."""
     plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
     if threads:

@@ -1,5 +1,8 @@
 """Ray token authentication for sweeper's clients of a running cluster (Ray 2.60; measured, see README).
 
+An edge module: it imports Ray, including private modules (the GCS health-check stub, ``ray._raylet.Config``,
+``ray._private.services``) that Ray 2.60 offers no public API for; pyproject pins Ray to 2.60.x for that reason.
+
 A Ray head runs with token authentication on when it was started in token mode: `ray start --head` turns it on
 by itself once a token exists (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, which any local
 `ray.init()` writes). A client that joins it by explicit address (`ray.init(address="HOST:PORT")`) does *not*

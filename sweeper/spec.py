@@ -338,13 +338,26 @@ def _yaml(text: str, source: str) -> Any:
         loader.dispose()
 
 
-def load(path: str | Path) -> Sweep:
-    """Read and validate a sweep file."""
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Read and validate a sweep file, with ``overrides`` ({"stages.x.attack.eps": 0.5, ...}) applied first."""
+    return load_raw(path, overrides)[1]
+
+
+def load_raw(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Sweep]:
+    """(the parsed mapping with ``overrides`` applied, the validated sweep): for writing the overridden file."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise SpecError(str(path), "", f"cannot read: {exc}") from None
-    return loads(text, source=str(path))
+    raw = _yaml(text, str(path))
+    if not overrides:
+        return raw, validate(raw, source=str(path))
+    try:
+        raw = apply_overrides(raw, overrides)
+    except ValueError as exc:
+        raise SpecError(str(path), "", f"--set: {exc}") from None
+    sets = " ".join(f"{k}={v!r}" for k, v in overrides.items())
+    return raw, validate(raw, source=f"{path} (with --set {sets})")
 
 
 def loads(text: str, source: str = "<string>") -> Sweep:

@@ -15,7 +15,8 @@ import pytest
 from sweeper.cli import main
 from sweeper.plan import build_plan
 from sweeper.spec import load
-from sweeper.store import Leases, Store
+from sweeper.leases import Leases
+from sweeper.store import Store
 from sweeps import results_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

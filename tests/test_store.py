@@ -47,20 +47,24 @@ def test_rejects_bad_inputs(tmp_path):
     assert not s.is_done("k")
 
 
-def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
-    s = Store(str(tmp_path))
+def test_interrupted_write_leaves_nothing(store_uri, monkeypatch):
+    """A crash before the manifest (the commit point) leaves no node and no shard done, on disk and on S3."""
+    s = Store(store_uri)
     real = Store._put_atomic
 
     def failing(self, path, data):
         if path.endswith("manifest.json"):
-            raise OSError("disk full (simulated)")
+            raise OSError("disk full / connection reset (simulated crash before the commit)")
         real(self, path, data)
 
     monkeypatch.setattr(Store, "_put_atomic", failing)
     with pytest.raises(OSError):
         s.save("k", meta={"a": 1}, tensors=_tensors())
+    with pytest.raises(OSError):
+        s.save_shard("n", 0, _tensors(), {"index": 0}, size=100)
     monkeypatch.setattr(Store, "_put_atomic", real)
-    assert not s.is_done("k") and not (tmp_path / "nodes/k/manifest.json").exists()
+    assert not s.is_done("k") and not s.exists("nodes/k/manifest.json")
+    assert s.shard_indices("n", size=100) == set()
     s.save("k", meta={"a": 1}, tensors=_tensors())
     assert s.is_done("k", verify=True) and s.load_meta("k") == {"a": 1}
 
