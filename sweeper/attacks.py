@@ -1,21 +1,26 @@
-"""Projected gradient descent (Madry et al. 2018) in the L2 and Linf threat models.
+"""Projected gradient descent (Madry et al. 2018): one loop for every threat model and loss.
 
-One loop serves every norm and both target modes; steps follow the authors' robustness library
-(L2: normalised-gradient step, renorm onto the ball, clamp to the box; Linf: signed step, clamp).
+:func:`descend` is the loop (steps on a loss, each followed by the threat model's projection), the same for an
+L2 or Linf attack and for representation inversion (``synthesis.invert``: a feature-distance loss on the
+unconstrained threat, as in the authors' robustness library). :func:`pgd` adds random starts, restarts and
+best-iterate tracking; :func:`perturb` runs an :class:`~sweeper.schema.AttackConfig` whatever its method (PGD
+here, the AutoAttack-class methods in ``sweeper.aa``). Steps follow the robustness library (L2:
+normalised-gradient step, renorm onto the ball, clamp to the box; Linf: signed step, clamp).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .threat import make_threat, parse_eps
+from .schema import AttackConfig
+from .threat import ThreatModel, make_threat
 
-_NORMS = ("l2", "linf")
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]  # (model, x, y) -> (N,) per-example loss
 
 
 @contextlib.contextmanager
@@ -30,73 +35,20 @@ def eval_mode(model: nn.Module):
             m.training = flag
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    r"""Settings of one PGD attack.
-
-    Arguments:
-        norm (str): "l2" or "linf". (Default: "l2")
-        eps (float | str): radius in pixel units ([0,1] scale); "8/255" is accepted. (Default: 0.5)
-        steps (int): number of gradient steps, >= 1. (Default: 20)
-        step_size (float | None): step length in pixel units; None -> 2.5 * eps / steps. (Default: None)
-        random_start (bool): start from a random point in the ball (L2: norm eps; Linf: uniform). (Default: False)
-        restarts (int): independent runs; per example the best one is kept. (Default: 1)
-        keep_best (bool): return the highest-loss (untargeted) / lowest-loss (targeted) iterate instead of
-            the last one. (Default: False)
-    """
-
-    norm: str = "l2"
-    eps: float = 0.5
-    steps: int = 20
-    step_size: float | None = None
-    random_start: bool = False
-    restarts: int = 1
-    keep_best: bool = False
-
-    def __post_init__(self):
-        if self.norm not in _NORMS:
-            raise ValueError(f"AttackConfig.norm must be one of {_NORMS}, got {self.norm!r}")
-        object.__setattr__(self, "eps", parse_eps(self.eps))
-        if not _is_int(self.steps) or self.steps < 1:
-            raise ValueError(f"AttackConfig.steps must be an int >= 1, got {self.steps!r}")
-        if not _is_int(self.restarts) or self.restarts < 1:
-            raise ValueError(f"AttackConfig.restarts must be an int >= 1, got {self.restarts!r}")
-        if self.step_size is not None:
-            ss = parse_eps(self.step_size)
-            if ss <= 0:
-                raise ValueError(f"AttackConfig.step_size must be > 0 or None, got {self.step_size!r}")
-            object.__setattr__(self, "step_size", ss)
-        if not isinstance(self.random_start, bool):
-            raise ValueError(f"AttackConfig.random_start must be a bool, got {self.random_start!r}")
-        if not isinstance(self.keep_best, bool):
-            raise ValueError(f"AttackConfig.keep_best must be a bool, got {self.keep_best!r}")
-
-    def resolved_step_size(self) -> float:
-        """The step length actually used: step_size, or 2.5 * eps / steps when None."""
-        if self.step_size is not None:
-            return float(self.step_size)
-        return 2.5 * self.eps / self.steps
-
-    def name(self) -> str:
-        """Short unique label, e.g. "l2_eps0.5_s20"; non-default options add suffixes."""
-        out = f"{self.norm}_eps{self.eps:g}_s{self.steps}"
-        if self.step_size is not None:
-            out += f"_ss{self.step_size:g}"
-        if self.random_start:
-            out += "_rs"
-        if self.restarts > 1:
-            out += f"_r{self.restarts}"
-        if self.keep_best:
-            out += "_best"
-        return out
-
-
-def _default_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+def cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(model(x), y, reduction="none")
+
+
+def margin(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """CW-style logit margin: max over other classes of the logit minus the logit of y. Untargeted PGD
+    maximises it; targeted PGD (y = targets) minimises it, i.e. maximises target logit - max other logit."""
+    logits = model(x)
+    own = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - own
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "margin": margin}
 
 
 def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -104,7 +56,46 @@ def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
-def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn=None,
+def descend(model: nn.Module, x0: Tensor, y: Tensor, loss_fn: LossFn, threat: ThreatModel, *, steps: int,
+            step_size: float | Callable[[int], float], sign: float = 1.0, start: Tensor | None = None,
+            keep_best: bool = False, stop: Callable[[Tensor], bool] | None = None):
+    """The PGD loop: ``steps`` ascent steps on ``sign * loss_fn(model, x, y)``, each projected by ``threat``
+    around ``x0``. Gradients are taken with respect to the input only.
+
+    Arguments:
+        start (Tensor | None): the first iterate (default: x0).
+        step_size (float | callable): the step length, or ``step_size(t)`` for step t (a schedule).
+        keep_best (bool): also track, per example, the iterate with the highest ``sign * loss``.
+        stop (callable | None): ``stop(losses)`` after each gradient (before the step): True ends the loop.
+
+    Returns:
+        (x, best_x, best_score): the last iterate; with keep_best the best iterate seen before the last step
+        and its score (else None, None). All detached.
+    """
+    x = (x0.clone() if start is None else start).detach()
+    best_x = best_score = None
+    for t in range(steps):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            losses = loss_fn(model, x, y)
+            (grad,) = torch.autograd.grad(losses.sum() * sign, x)
+        x = x.detach()
+        if keep_best:
+            score = sign * losses.detach()
+            if best_x is None:
+                best_x, best_score = x, score
+            else:
+                better = score > best_score
+                best_x = _select(better, x, best_x)
+                best_score = torch.where(better, score, best_score)
+        if stop is not None and stop(losses.detach()):
+            break
+        lr = step_size(t) if callable(step_size) else step_size
+        x = threat.project(threat.step(x, grad, lr), x0)
+    return x.detach(), best_x, best_score
+
+
+def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn: LossFn | None = None,
         bounds=(0.0, 1.0), generator: torch.Generator | None = None) -> Tensor:
     r"""PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks'
     [https://arxiv.org/abs/1706.06083]
@@ -119,10 +110,10 @@ def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn=None,
         model (nn.Module): maps images in [0,1] to logits (normalisation inside the model).
         x (Tensor): clean images, pixel units.
         y (Tensor): labels (untargeted) or target labels (targeted).
-        cfg (AttackConfig): norm, eps (pixel units), steps, step size, random start, restarts, keep_best.
+        cfg (AttackConfig): norm, eps (pixel units), steps, step size, random start, restarts, keep_best, loss.
         targeted (bool): minimise the loss of ``y`` instead of maximising it. (Default: False)
         loss_fn (callable | None): ``loss_fn(model, x_adv, y) -> (N,)`` per-example loss;
-            None -> cross-entropy. (Default: None)
+            None -> ``LOSSES[cfg.loss]``. (Default: None)
         bounds (tuple[float, float] | None): pixel box; None -> no box. (Default: (0.0, 1.0))
         generator (torch.Generator | None): randomness of random starts. (Default: None)
 
@@ -133,9 +124,8 @@ def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn=None,
     """
     if not isinstance(cfg, AttackConfig):
         raise TypeError(f"cfg must be an AttackConfig, got {type(cfg).__name__}")
-    loss_fn = _default_loss if loss_fn is None else loss_fn
+    loss_fn = LOSSES[cfg.loss] if loss_fn is None else loss_fn
     threat = make_threat(cfg.norm, cfg.eps, bounds)
-    step_size = cfg.resolved_step_size()
     sign = -1.0 if targeted else 1.0  # ascend on sign * loss
     x = x.detach()
     y = y.detach().to(x.device)
@@ -144,25 +134,12 @@ def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn=None,
     with eval_mode(model):
         best_x = best_score = best_hit = None
         for _ in range(cfg.restarts):
-            x_adv = threat.random_start(x, generator) if cfg.random_start else x.clone()
-            run_best_x = run_best_score = None
-            for _ in range(cfg.steps):
-                x_adv.requires_grad_(True)
-                with torch.enable_grad():
-                    losses = loss_fn(model, x_adv, y)
-                    (grad,) = torch.autograd.grad(losses.sum() * sign, x_adv)
-                x_adv = x_adv.detach()
-                if cfg.keep_best:
-                    score = sign * losses.detach()
-                    if run_best_x is None:
-                        run_best_x, run_best_score = x_adv, score
-                    else:
-                        better = score > run_best_score
-                        run_best_x = _select(better, x_adv, run_best_x)
-                        run_best_score = torch.where(better, score, run_best_score)
-                x_adv = threat.project(threat.step(x_adv, grad, step_size), x)
+            start = threat.random_start(x, generator) if cfg.random_start else x.clone()
+            x_adv, run_best_x, run_best_score = descend(model, x, y, loss_fn, threat, steps=cfg.steps,
+                                                        step_size=cfg.resolved_step_size(), sign=sign,
+                                                        start=start, keep_best=cfg.keep_best)
             if not track:
-                return x_adv.detach()
+                return x_adv
             with torch.no_grad():
                 final_score = sign * loss_fn(model, x_adv, y)
                 if cfg.keep_best:
@@ -184,3 +161,23 @@ def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn=None,
                     best_score = torch.where(better, score, best_score)
                     best_hit = best_hit | hit
         return best_x.detach()
+
+
+def perturb(model, x, y, cfg: AttackConfig, *, targets: Tensor | None = None, bounds=(0.0, 1.0),
+            generator: torch.Generator | None = None) -> Tensor:
+    """Adversarial images for ``x`` (true labels ``y``) under ``cfg``: untargeted, or toward ``targets``.
+
+    ``cfg.method`` pgd runs :func:`pgd`; any other method runs ``sweeper.aa.run_attack``, seeded from
+    ``generator`` (one draw). Output: same shape as x, detached.
+    """
+    if cfg.method == "pgd":
+        if targets is None:
+            return pgd(model, x, y, cfg, bounds=bounds, generator=generator)
+        return pgd(model, x, targets, cfg, targeted=True, bounds=bounds, generator=generator)
+    from .aa import run_attack  # torchattacks, imported only when such an attack runs
+
+    seed = 0 if generator is None else int(torch.randint(2 ** 31 - 1, (1,), generator=generator,
+                                                         device=generator.device))
+    extra = {} if cfg.n_targets is None else {"n_targets": cfg.n_targets}
+    return run_attack(model, x, y, method=cfg.method, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps,
+                      restarts=cfg.restarts, seed=seed, bounds=bounds, targets=targets, **extra).detach()

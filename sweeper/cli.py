@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
+    from .errors import SpecError
     from .plan import build_plan
-    from .spec import SpecError, load
+    from .spec import load
     from .store import Store
 
     try:
@@ -114,7 +115,7 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .executor import run_plan, run_plan_ray
+    from .engines import run_plan, run_plan_ray
     from .report import write_report
 
     _, plan, store = _load(args)
@@ -245,9 +246,7 @@ def _print_written(written: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DataNotFoundError
-    from .spec import SpecError
-    from .store import StoreError
+    from .errors import SweeperError, interrupt_code
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -258,36 +257,22 @@ def main(argv: list[str] | None = None) -> int:
                "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb}[args.command]
     try:
         return handler(args)
-    except SpecError as e:
-        print(f"sweeper: invalid sweep file: {e}", file=sys.stderr)
-        return 2
-    except DataNotFoundError as e:
-        print(f"sweeper: {e}", file=sys.stderr)
-        return 3
-    except StoreError as e:  # also StoreIOError: a read or write of the store failed (permission, read-only or
-        print(f"sweeper: {e}", file=sys.stderr)  # full disk, unreachable endpoint, no such bucket), mid-run too
-        return 2
+    except SweeperError as e:  # exit codes: sweeper.errors
+        print(f"sweeper: {e.line()}", file=sys.stderr)
+        return e.exit_code
     except FileNotFoundError as e:
         print(f"sweeper: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        if type(e).__name__ in ("ShardFailed", "TrialsFailed", "Incomplete", "CorruptArtifact"):  # work failed after its retries
-            print(f"sweeper: {e}\nsweeper: finished work is kept in the store; run the same command again to "
-                  "resume", file=sys.stderr)
-            return 5
-        if type(e).__name__ == "ClusterError" or (isinstance(e, ValueError) and args.command == "submit"):
-            print(f"sweeper: {e}", file=sys.stderr)
-            return 4
-        raise
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (executor.Interrupted)
-        import signal
-
-        from .executor import RECEIVED
-
-        signum = getattr(e, "signum", None) or (RECEIVED[-1] if RECEIVED else signal.SIGINT)
-        print(f"\nsweeper: interrupted ({signal.Signals(signum).name}); finished work is kept in the store; run "
-              "the same command again to resume", file=sys.stderr)
-        return 128 + int(signum)
+    except ValueError as e:
+        if args.command != "submit":
+            raise
+        print(f"sweeper: {e}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP during a run (errors.Interrupted)
+        code, name = interrupt_code(e)
+        print(f"\nsweeper: interrupted ({name}); finished work is kept in the store; run the same command "
+              "again to resume", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

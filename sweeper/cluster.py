@@ -23,16 +23,14 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import ClusterError
+
 WANDB_ENV = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_API_KEY")
 # Uploaded with every job: the repo minus anything large or private. Patterns follow .gitignore syntax.
 EXCLUDES = [".venv", ".venv/**", "store", "store/**", "data", "data/**", "wandb", "wandb/**", ".git", ".git/**",
             "__pycache__", "**/__pycache__", "*.egg-info", "**/*.egg-info", "*.pyc", ".pytest_cache", ".ci"]
 SUBMIT_DIR = ".sweeper-submit"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-class ClusterError(Exception):
-    """A user-facing problem with the cluster or a job (printed without a traceback)."""
-
 
 # ------------------------------------------------------------------ validation
 def _key(path) -> str:

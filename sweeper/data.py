@@ -15,16 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import DataNotFoundError
+
 __all__ = ["Dataset", "DataNotFoundError", "load", "subset_indices", "augment_batch", "toy_eta",
            "FASHION_MNIST_SYSTEM_DIR"]
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-class DataNotFoundError(RuntimeError):
-    """The dataset's files are missing; the message says how to get them."""
 
 
 @dataclass

@@ -1,18 +1,23 @@
-"""Datasets pushed into the artifact store, so that every node of a cluster loads the same checked copy.
+"""A sweep's datasets: the per-process cache of loaded splits and their seeded subsets, and datasets pushed
+into the artifact store, so that every node of a cluster loads the same checked copy.
 
     <store>/datasets/<dataset>/<file>...        the raw files, as sweeper.data loads them from a folder
     <store>/datasets/<dataset>/manifest.json    {"dataset", "files": {name: {"size", "sha256"}}}, written last
 
 The manifest is the commit point: a push writes it after every file (and removes an old one before changing
 any file), so a folder without it is not a dataset. A sweep file says ``data.root: store`` for "the copy in this
-sweep's store"; the plan keeps that literal (node keys do not depend on where the store is) and the executors
+sweep's store"; the plan keeps that literal (node keys do not depend on where the store is) and the engines
 resolve it (:func:`resolve_data_root`). On a node, :func:`local_root` copies the files into a node-local cache
 (``$SWEEPER_CACHE`` or ``~/.cache/sweeper``, then ``datasets/<dataset>-<manifest digest>/``), checking every
 file's sha256, and hands that folder to :func:`sweeper.data.load`. No Ray.
+
+:func:`load_split` is how every node loads the sweep's data (cached per process), :func:`real_subset` and
+:func:`test_set` the seeded subsets it works on.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -20,11 +25,14 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
-from .data import FASHION_MNIST_SYSTEM_DIR, DataNotFoundError, _find_idx
+from . import data as data_mod
+from .data import FASHION_MNIST_SYSTEM_DIR, _find_idx
+from .errors import CorruptDataset, DataNotFoundError
+from .schema import DataSpec, ToySpec
 from .store import _MISSING, Store
 
-__all__ = ["STORE_ROOT", "PUSHABLE", "CorruptDataset", "push", "list_pushed", "dataset_uri", "resolve_data_root",
-           "is_pushed", "fetch", "local_root", "cache_dir"]
+__all__ = ["STORE_ROOT", "PUSHABLE", "CorruptDataset", "load_split", "real_subset", "test_set", "push", "list_pushed",
+           "dataset_uri", "resolve_data_root", "is_pushed", "fetch", "local_root", "cache_dir"]
 
 STORE_ROOT = "store"  # the data.root value meaning "the copy pushed into this sweep's store"
 MANIFEST = "manifest.json"
@@ -37,8 +45,30 @@ CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "ba
 _CHUNK = 1 << 20
 
 
-class CorruptDataset(DataNotFoundError):
-    """A pushed file whose size or sha256 does not match the dataset's manifest (or that is missing)."""
+# ------------------------------------------------------------------------------- the sweep's data
+@functools.lru_cache(maxsize=8)
+def _load_cached(dataset: str, root: str | None, split: str, toy: tuple) -> data_mod.Dataset:
+    # a pushed dataset (a URI, or a folder with manifest.json) is first copied into the node-local cache, checked
+    return data_mod.load(dataset, split, root=local_root(dataset, root), **dict(toy))
+
+
+def load_split(data: DataSpec, split: str) -> data_mod.Dataset:
+    """The sweep's dataset (train or test split), cached per process."""
+    toy = (data.toy or ToySpec()).model_dump() if data.dataset == "toy" else {}
+    return _load_cached(data.dataset, data.root, split, tuple(sorted(toy.items())))
+
+
+def real_subset(data: DataSpec, split: str, n: int | None, seed: int):
+    """(x, y, index): the first ``n`` images of a seeded permutation of a split (all when n is None)."""
+    ds = load_split(data, split)
+    idx = data_mod.subset_indices(len(ds.y), n, seed)
+    return ds.x[idx], ds.y[idx], idx
+
+
+def test_set(data: DataSpec, seed: int):
+    """(x, y): the sweep's test subset (``data.test_size`` images; all when unset)."""
+    x, y, _ = real_subset(data, "test", data.test_size, seed)
+    return x, y
 
 
 def _sha_file(path: Path) -> str:
@@ -169,7 +199,7 @@ def dataset_uri(store: Store, dataset: str) -> str:
 def resolve_data_root(plan, store: Store):
     """The plan with ``data.root: store`` replaced by the store's pushed copy (other plans: unchanged).
 
-    Planning keeps the literal ``store`` so node keys do not depend on where the store is; the executors call
+    Planning keeps the literal ``store`` so node keys do not depend on where the store is; the engines call
     this before running, so every worker gets a root it can load. Raises DataNotFoundError (one line) when the
     dataset was not pushed into this store.
     """
@@ -184,7 +214,7 @@ def resolve_data_root(plan, store: Store):
             f"data.root is `{STORE_ROOT}` but {d.dataset} was never pushed into {store.uri} (no "
             f"datasets/{d.dataset}/{MANIFEST}): run `sweeper data push {d.dataset} --store {store.uri}` first")
     data = d.model_copy(update={"root": dataset_uri(store, d.dataset)})
-    return dataclasses.replace(plan, sweep=plan.sweep.model_copy(update={"data": data}))
+    return dataclasses.replace(plan, sweep=dataclasses.replace(plan.sweep, data=data))
 
 
 # ---------------------------------------------------------------------------------- loading on a node
@@ -259,5 +289,5 @@ def local_root(dataset: str, root: Optional[str]) -> Optional[str]:
         return root
     if root == STORE_ROOT:
         raise ValueError(f"data.root `{STORE_ROOT}` was not resolved to a store; call "
-                         f"sweeper.data_store.resolve_data_root(plan, store) first (the executors do)")
+                         f"sweeper.data_store.resolve_data_root(plan, store) first (the engines do)")
     return str(fetch(root, dataset)) if is_pushed(root) else root

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .attacks import AttackConfig, pgd
+from .attacks import perturb
+from .schema import AttackConfig
 
 __all__ = ["EvalResult", "accuracy", "evaluate", "check_model"]
 
@@ -89,7 +90,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: dict[str, AttackCo
         xa, ya = xb[ok], yb[ok]
         pos = torch.nonzero(ok.cpu()).flatten() + i
         for name, cfg in attacks.items():
-            x_adv = pgd(model, xa, ya, cfg, bounds=bounds, generator=generator)
+            x_adv = perturb(model, xa, ya, cfg, bounds=bounds, generator=generator)
             with torch.no_grad():
                 still = (model(x_adv).argmax(1) == ya).cpu()
             robust[name][pos] = still

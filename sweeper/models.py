@@ -45,17 +45,24 @@ class SweeperModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------- small nets
-def _small_cnn(num_classes, in_shape):
-    c, h, w = in_shape
-    for _ in range(3):
-        h, w = h // 2, w // 2
-    feats = nn.Sequential(
-        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128 * h * w, 256), nn.ReLU(inplace=True),
-    )
-    return feats, nn.Linear(256, num_classes), 256
+def _cnn(width: int):
+    """Three conv-ReLU-maxpool blocks (width, 2x, 4x channels) and a 256-unit hidden layer."""
+    def make(num_classes, in_shape):
+        c, h, w = in_shape
+        for _ in range(3):
+            h, w = h // 2, w // 2
+        a, b, d = width, 2 * width, 4 * width
+        feats = nn.Sequential(
+            nn.Conv2d(c, a, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(a, b, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(b, d, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(d * h * w, 256), nn.ReLU(inplace=True),
+        )
+        return feats, nn.Linear(256, num_classes), 256
+    return make
+
+
+_small_cnn = _cnn(32)
 
 
 def _mlp(num_classes, in_shape):
@@ -113,11 +120,11 @@ class _Bottleneck(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _resnet(block, layers):
+def _resnet(block, layers, widths=(64, 128, 256, 512)):
     def make(num_classes, in_shape):
-        cin = 64
-        mods = [nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        cin = widths[0]
+        mods = [nn.Conv2d(in_shape[0], cin, 3, 1, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True)]
+        for i, (planes, n) in enumerate(zip(widths, layers)):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
                 mods.append(block(cin, planes, stride))
@@ -183,6 +190,8 @@ def _airbench(num_classes, in_shape):
 
 registry: dict[str, Callable] = {
     "small_cnn": _small_cnn,
+    "wide_cnn": _cnn(64),                                          # small_cnn with twice the channels
+    "resnet_small": _resnet(_BasicBlock, (1, 1, 1), (16, 32, 64)),  # a ResNet-8 for 28x28 inputs on a CPU
     "mlp": _mlp,
     "linear": _linear,
     "resnet18": _resnet(_BasicBlock, (2, 2, 2, 2)),
@@ -191,7 +200,7 @@ registry: dict[str, Callable] = {
     "densenet121": _densenet121,
     "airbench": _airbench,
 }
-_IMAGE_ONLY = {"small_cnn", "resnet18", "resnet50", "vgg16", "densenet121", "airbench"}
+_IMAGE_ONLY = {"small_cnn", "wide_cnn", "resnet_small", "resnet18", "resnet50", "vgg16", "densenet121", "airbench"}
 
 
 def available() -> list[str]:

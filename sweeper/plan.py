@@ -1,69 +1,71 @@
 """The plan: a DAG of unique nodes with content keys, a pure function of the sweep file.
 
-A node's key hashes what it computes (kind, resolved params, input keys, data section, CODE_VERSION), never
-where or how it runs (`run:`), nor stage names: two stages or grid points that compute the same thing share
-one node. No Ray, no torch here.
+A node holds its typed stage model (``node.spec``, seed resolved). Its key hashes what it computes (kind,
+that model, input keys, data section, CODE_VERSION), never where or how it runs (``run:``), nor stage names:
+two stages or grid points that compute the same thing share one node. No Ray, no torch here.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from .spec import EvaluateStage, Sweep, SynthesizeStage, TrainStage, TransferStage, dumps_point, topo_order
+from .schema import (KINDS, AttackConfig, EvaluateStage, Stage, Sweep, SynthesizeStage, TrainStage,
+                     TransferStage)
+from .spec import dumps_point, topo_order
 
 CODE_VERSION = "1"
-KINDS = ("train", "synthesize", "evaluate", "transfer")
 # routing fields: represented by the input keys, so they do not enter the key
-_ROUTING = ("from_", "models")
+_ROUTING = {"from_", "models"}
+
+
+@dataclass(frozen=True)
+class RobustCurve:
+    """Robust accuracy during training (``run.robust_curve``): ``attack`` on the first ``size`` test images,
+    every ``every`` epochs and at the last one. A run setting: never part of a key."""
+    size: int
+    every: int
+    attack: AttackConfig
+
+    def dump(self) -> dict:
+        return {"size": self.size, "every": self.every, "attack": self.attack.model_dump()}
 
 
 @dataclass(frozen=True)
 class Node:
     key: str
     kind: str
-    stage: str
-    stages: tuple[str, ...]
-    params: dict
-    inputs: dict[str, str]
-    point: dict
-    label: str
+    stage: str                 # the first stage that asked for it
+    stages: tuple[str, ...]    # every stage that asked for it
+    spec: Stage                # the stage model at this grid point, seed resolved
+    inputs: dict[str, str]     # role -> input key
+    point: dict                # grid values, own and upstream ("stage.key" for upstream ones)
+    label: str                 # unique in the plan: stage[point], with its inputs' labels where that repeats
+    robust_curve: Optional[RobustCurve] = None
 
 
-def node_key(kind: str, params: dict, inputs: dict, data: dict) -> str:
-    """16 hex chars of sha256 over canonical JSON {kind, params, inputs, data, version}."""
-    body = {"kind": kind, "params": {k: v for k, v in params.items() if k not in _ROUTING},
-            "inputs": inputs, "data": data, "version": CODE_VERSION}
+def node_key(kind: str, spec: Stage, inputs: dict, data: dict) -> str:
+    """16 hex chars of sha256 over canonical JSON {kind, params, inputs, data, version}; params is the stage
+    model's dump without its routing fields (``from``, ``models``)."""
+    body = {"kind": kind, "params": spec.model_dump(exclude=_ROUTING), "inputs": inputs, "data": data,
+            "version": CODE_VERSION}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def seed_for(*parts: Any) -> int:
+    """A 63-bit seed derived from any parts (sweep seed, node key, shard index...)."""
+    h = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass
 class Plan:
     sweep: Sweep
     nodes: dict[str, Node] = field(default_factory=dict)  # topological order
-
-    def robust_curve(self, node) -> dict | None:
-        """How a training node measures robust accuracy during training (``run.robust_curve``), or None.
-
-        {"size", "every", "attack"}: the attack is the sweep's evaluation attack for this model (the first
-        attack of the evaluate node that scores it, else of any evaluate node), unless the file names one.
-        """
-        rc = self.sweep.run.robust_curve
-        if node.kind != "train" or rc.size == 0:
-            return None
-        if rc.attack != "auto":
-            attack = rc.attack.model_dump()
-        else:
-            evals = [n for n in self.nodes.values() if n.kind == "evaluate" and n.params.get("attacks")]
-            mine = [n for n in evals if n.inputs.get("model") == node.key]
-            if not (mine or evals):
-                return None
-            attack = dict((mine or evals)[0].params["attacks"][0])
-        epochs = int(node.params["train"]["epochs"])
-        every = max(1, -(-epochs // 10)) if rc.every == "auto" else int(rc.every)
-        return {"size": int(rc.size), "every": every, "attack": attack}
 
     def depths(self) -> dict[str, int]:
         d: dict[str, int] = {}
@@ -85,6 +87,41 @@ class Plan:
             c[n.kind] += 1
         return c
 
+    def train_set(self, node: Node) -> Optional[str]:
+        """What a train node (or the model an evaluate node scores) was trained on: D or D_adv (real data,
+        standard / adversarial training), D_R, D_NR, D_rand or D_det; None for other nodes."""
+        if node.kind == "evaluate":
+            node = self.nodes[node.inputs["model"]]
+        if node.kind != "train":
+            return None
+        if "data" not in node.inputs:
+            return "D_adv" if node.spec.adversarial else "D"
+        synth = self.nodes[node.inputs["data"]].spec
+        if synth.method == "relabel":
+            return "D_det" if synth.targets == "deterministic" else "D_rand"
+        source = self.nodes[self.nodes[node.inputs["data"]].inputs["source"]]
+        return "D_R" if source.spec.adversarial else "D_NR"
+
+    def describe(self, node: Node) -> dict:
+        """A node's readable settings, for Tune's trial config and W&B: label, kind, stage, train_set and arch
+        (of the model it trains or scores), the attack it runs (``attack``: its name; norm, eps, steps; train:
+        adversarial training's, synthesize: relabelling's, evaluate: the first of ``attacks``, all named in
+        ``attacks``), ``synthesis`` (relabel | inversion), seed."""
+        s = node.spec
+        model = {"train": node, "evaluate": self.nodes.get(node.inputs.get("model", ""))}.get(node.kind)
+        attack = {"train": getattr(s, "adversarial", None), "synthesize": getattr(s, "attack", None),
+                  "evaluate": (getattr(s, "attacks", None) or [None])[0]}.get(node.kind)
+        inversion = getattr(s, "inversion", None)
+        out = {"label": node.label, "kind": node.kind, "stage": node.stage, "train_set": self.train_set(node),
+               "arch": model.spec.arch if model is not None else None,
+               "attack": attack.name() if attack else None, "norm": attack.norm if attack else None,
+               "eps": attack.eps if attack else None,
+               "steps": attack.steps if attack else inversion.steps if inversion else None,
+               "synthesis": getattr(s, "method", None), "seed": getattr(s, "seed", self.sweep.seed)}
+        if node.kind == "evaluate":
+            out["attacks"] = [a.name() for a in s.attacks]
+        return out
+
     def render(self, done: set[str] = frozenset()) -> str:
         """A table of nodes (key, kind, label, inputs, status), then edge and per-kind counts."""
         rows = [("key", "kind", "label", "inputs", "status")]
@@ -101,11 +138,10 @@ class Plan:
         return "\n".join(lines)
 
 
-def _params(model, sweep: Sweep) -> dict:
-    p = model.model_dump(by_alias=False)
-    if "seed" in p:
-        p["seed"] = sweep.seed if p["seed"] is None else p["seed"]
-    return p
+def _with_seed(model: Stage, sweep: Sweep) -> Stage:
+    if "seed" in type(model).model_fields and model.seed is None:
+        return model.model_copy(update={"seed": sweep.seed})
+    return model
 
 
 def build_plan(sweep: Sweep) -> Plan:
@@ -116,8 +152,8 @@ def build_plan(sweep: Sweep) -> Plan:
     by_stage: dict[str, list[str]] = {}
     full: dict[str, dict] = {}  # key -> point with every key prefixed by its stage (for downstream nodes)
 
-    def add(stage: str, kind: str, params: dict, inputs: dict, own: dict) -> None:
-        key = node_key(kind, params, inputs, data)
+    def add(stage: str, kind: str, spec: Stage, inputs: dict, own: dict) -> None:
+        key = node_key(kind, spec, inputs, data)
         up = {k: v for i in inputs.values() for k, v in full[i].items()}
         if key in plan.nodes:
             old = plan.nodes[key]
@@ -125,7 +161,7 @@ def build_plan(sweep: Sweep) -> Plan:
                 plan.nodes[key] = dataclasses.replace(old, stages=old.stages + (stage,))
         else:
             label = f"{stage}[{dumps_point(own)}]" if own else stage
-            plan.nodes[key] = Node(key=key, kind=kind, stage=stage, stages=(stage,), params=params,
+            plan.nodes[key] = Node(key=key, kind=kind, stage=stage, stages=(stage,), spec=spec,
                                    inputs=dict(inputs), point={**up, **own}, label=label)
             full[key] = {**up, **{f"{stage}.{k}": v for k, v in own.items()}}
         if key not in by_stage.setdefault(stage, []):
@@ -133,22 +169,56 @@ def build_plan(sweep: Sweep) -> Plan:
 
     for name in topo_order(sweep):
         for own, model in sweep.points[name]:
-            params = _params(model, sweep)
+            spec = _with_seed(model, sweep)
             if isinstance(model, TrainStage):
                 if model.from_ is None:
-                    add(name, "train", params, {}, own)
+                    add(name, "train", spec, {}, own)
                 for u in by_stage.get(model.from_, []) if model.from_ else []:
-                    add(name, "train", params, {"data": u}, own)
+                    add(name, "train", spec, {"data": u}, own)
             elif isinstance(model, SynthesizeStage):
                 for u in by_stage[model.from_]:
-                    add(name, "synthesize", params, {"source": u}, own)
+                    add(name, "synthesize", spec, {"source": u}, own)
             elif isinstance(model, EvaluateStage):
                 for src in model.sources:
                     for u in by_stage[src]:
-                        add(name, "evaluate", {**params, "from_": src}, {"model": u}, own)
+                        add(name, "evaluate", spec.model_copy(update={"from_": src}), {"model": u}, own)
             elif isinstance(model, TransferStage):
                 for s in by_stage[model.from_]:
                     for m in model.models:
                         for u in by_stage[m]:
-                            add(name, "transfer", params, {"data": s, "model": u}, own)
+                            add(name, "transfer", spec, {"data": s, "model": u}, own)
+    _unique_labels(plan)
+    for key, node in plan.nodes.items():
+        if node.kind == "train":
+            plan.nodes[key] = dataclasses.replace(node, robust_curve=_robust_curve(plan, node))
     return plan
+
+
+def _unique_labels(plan: Plan) -> None:
+    """A label that several nodes share (the evaluate nodes of one stage over several models, say) gets its
+    inputs' labels: ``eval(model=std)``. Inputs come first, so theirs are unique already."""
+    counts = Counter(n.label for n in plan.nodes.values())
+    for key, n in plan.nodes.items():
+        if counts[n.label] > 1:
+            ins = ",".join(f"{role}={plan.nodes[k].label}" for role, k in n.inputs.items())
+            plan.nodes[key] = dataclasses.replace(n, label=f"{n.label}({ins})")
+
+
+def _robust_curve(plan: Plan, node: Node) -> Optional[RobustCurve]:
+    """How a training node measures robust accuracy during training (``run.robust_curve``), or None: the
+    file's attack, or the sweep's evaluation attack for this model (the first attack of the evaluate node
+    that scores it, else of any evaluate node)."""
+    rc = plan.sweep.run.robust_curve
+    if rc.size == 0:
+        return None
+    if rc.attack != "auto":
+        attack = rc.attack
+    else:
+        evals = [n for n in plan.nodes.values() if n.kind == "evaluate" and n.spec.attacks]
+        mine = [n for n in evals if n.inputs.get("model") == node.key]
+        if not (mine or evals):
+            return None
+        attack = (mine or evals)[0].spec.attacks[0]
+    epochs = node.spec.train.epochs
+    every = max(1, -(-epochs // 10)) if rc.every == "auto" else int(rc.every)
+    return RobustCurve(size=int(rc.size), every=every, attack=attack)

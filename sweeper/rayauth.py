@@ -133,7 +133,7 @@ def prepare_join(address: str) -> None:
     cluster requires a token that is not here or refuses the one found, or when nothing listens at the
     address; does nothing when it cannot tell (ray.init then decides).
     """
-    from .cluster import ClusterError
+    from .errors import ClusterError
 
     gcs = _gcs_address(address)
     if not gcs:

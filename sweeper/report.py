@@ -29,19 +29,9 @@ def paper_reference() -> dict:
     return yaml.safe_load(text)
 
 
-def train_set_kind(plan: Plan, model_node) -> str:
-    """D, D_adv (real data, standard / adversarial training), D_R, D_NR, D_rand or D_det."""
-    if "data" not in model_node.inputs:
-        return "D_adv" if model_node.params.get("adversarial") else "D"
-    synth = plan.nodes[model_node.inputs["data"]]
-    if synth.params["method"] == "relabel":
-        return "D_det" if synth.params["targets"] == "deterministic" else "D_rand"
-    source = plan.nodes[synth.inputs["source"]]
-    return "D_R" if source.params.get("adversarial") else "D_NR"
-
-
 def attack_column(r: dict) -> str:
-    return f"robust_acc[{r['norm']} eps={r['eps']:g} steps={r['steps']}]"
+    """The results column of one attack of an evaluation's meta: ``robust_acc[<the attack's name>]``."""
+    return f"robust_acc[{r['attack']}]"
 
 
 def transfer_rows(plan: Plan, store: Store) -> list[dict]:
@@ -52,8 +42,8 @@ def transfer_rows(plan: Plan, store: Store) -> list[dict]:
         m = store.load_meta(node.key)
         probe = plan.nodes[node.inputs["model"]]
         rows.append({"synth_key": node.inputs["data"], "synth_label": plan.nodes[node.inputs["data"]].label,
-                     "probe_label": probe.label, "probe_arch": probe.params["arch"],
-                     "probe_train_set": train_set_kind(plan, probe), "target_rate": m["target_rate"],
+                     "probe_label": probe.label, "probe_arch": probe.spec.arch,
+                     "probe_train_set": plan.train_set(probe), "target_rate": m["target_rate"],
                      "original_rate": m["original_rate"], "n": m["n"]})
     return rows
 
@@ -64,11 +54,11 @@ def _synth_fields(plan: Plan, store: Store, model_node, transfers: list[dict]) -
     synth = plan.nodes[model_node.inputs["data"]]
     source = plan.nodes[synth.inputs["source"]]
     sm = store.load_meta(synth.key)
-    p = synth.params
-    out = {"source_arch": source.params["arch"], "source_stage": source.stage, "synth_method": p["method"]}
-    if p["method"] == "relabel":
-        out.update(synth_norm=p["attack"]["norm"], synth_eps=float(p["attack"]["eps"]),
-                   synth_steps=p["attack"]["steps"], hit_rate=sm.get("hit_rate"))
+    p = synth.spec
+    out = {"source_arch": source.spec.arch, "source_stage": source.stage, "synth_method": p.method}
+    if p.method == "relabel":
+        out.update(synth_norm=p.attack.norm, synth_eps=p.attack.eps, synth_steps=p.attack.steps,
+                   hit_rate=sm.get("hit_rate"))
         for t in transfers:
             if t["synth_key"] != synth.key:
                 continue
@@ -77,7 +67,7 @@ def _synth_fields(plan: Plan, store: Store, model_node, transfers: list[dict]) -
             if t["probe_train_set"] == "D" and out.get("transfer_rate") is None:
                 out["transfer_rate"] = t["target_rate"]
     else:
-        out.update(synth_norm="l2", synth_steps=p["inversion"]["steps"])
+        out.update(synth_norm="l2", synth_steps=p.inversion.steps)
     return out
 
 
@@ -93,8 +83,8 @@ def build_rows(plan: Plan, store: Store) -> list[dict]:
         mm = store.load_meta(model.key)
         row = {c: None for c in BASE_COLUMNS}
         row.update(sweep=plan.sweep.name, eval_key=node.key, model_key=model.key, model_stage=model.stage,
-                   model_label=model.label, train_set=train_set_kind(plan, model), train_size=mm["n_train"],
-                   target_arch=model.params["arch"], seed=model.params.get("seed"), clean_acc=m["clean_acc"],
+                   model_label=model.label, train_set=plan.train_set(model), train_size=mm["n_train"],
+                   target_arch=model.spec.arch, seed=model.spec.seed, clean_acc=m["clean_acc"],
                    shifted_acc=m["shifted_acc"], worst_acc=m["worst_acc"], eval_n=m["n"])
         row.update(_synth_fields(plan, store, model, transfers))
         for r in m["robust"]:

@@ -1,19 +1,26 @@
-"""The sweep file's schema: strict pydantic v2 models for every section and stage kind.
+"""The sweep file's schema: strict, frozen pydantic v2 models for every section and stage kind.
 
-Every model forbids unknown keys, so a misspelt option fails loudly instead of silently doing nothing.
-:mod:`sweeper.spec` loads files against these models, expands grids and turns errors into readable lines.
-No Ray, no W&B, no torch here.
+These models are the configs all the way down: a stage's ``attack`` is the :class:`AttackConfig` that
+``attacks.pgd`` runs, its ``train`` the :class:`TrainConfig` that ``training.train`` runs, its ``inversion`` the
+:class:`InversionConfig` of ``synthesis.invert``; a plan node holds its stage model. Every value is parsed
+once, here (eps: :func:`parse_eps`), with one set of defaults. Every model forbids unknown keys, so a misspelt
+option fails loudly instead of silently doing nothing. :mod:`sweeper.spec` loads files against these models,
+expands grids and turns errors into readable lines. No Ray, no W&B, no torch here.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
-ARCHS = ("small_cnn", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densenet121", "airbench")
-Arch = Literal["small_cnn", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densenet121", "airbench"]
+
+ARCHS = ("small_cnn", "wide_cnn", "resnet_small", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densenet121",
+         "airbench")
+Arch = Literal[ARCHS]
 KINDS = ("train", "synthesize", "evaluate", "transfer")
 AutoOrCount = Union[Literal["auto"], Annotated[int, Field(ge=1)]]  # "auto", or a whole number >= 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # sweep and stage names (ASCII only: they become paths and labels)
@@ -37,22 +44,8 @@ def eps_limit(norm: str, dataset: str) -> Optional[tuple[float, str]]:
     return math.sqrt(dims), f"the diagonal of the [0,1] image cube, sqrt({dims})"
 
 
-class SpecError(Exception):
-    """A sweep file problem: ``FILE: key.path: message``."""
-
-    def __init__(self, file: str, key_path: str, message: str):
-        self.file, self.key_path, self.message = str(file), key_path, message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key_path}: {self.message}" if self.key_path else f"{self.file}: {self.message}"
-
-    def __reduce__(self):  # picklable across processes (Ray)
-        return (SpecError, (self.file, self.key_path, self.message))
-
-
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False, frozen=True)
 
 
 # ---------------------------------------------------------------- sections
@@ -102,48 +95,119 @@ class RunSpec(_Strict):
         return v
 
 
-class TrainSpec(_Strict):
+class TrainConfig(_Strict):
+    """How ``training.train`` trains (the ``train:`` section of a train stage)."""
     epochs: int = Field(ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5.0e-4, ge=0)
     schedule: Literal["step", "cosine", "constant"] = "cosine"
     step_every: int = Field(50, ge=1)      # epochs between lr drops (schedule: step)
     gamma: float = Field(0.1, gt=0)        # lr factor per drop (schedule: step)
-    augment: bool = False
+    augment: bool = False              # random crop (pad 4) + horizontal flip
 
 
-def parse_fraction(v: Any) -> Any:
-    """'8/255' -> 0.0313...; plain numbers pass through. No eval."""
-    if isinstance(v, bool):
+def parse_eps(v: Any) -> float:
+    """A radius or step length: a number, or a fraction string such as ``"8/255"`` (no eval); finite, >= 0.
+
+    The one parser of these values: the schema calls it, everything downstream receives floats.
+    Raises ValueError naming the value."""
+    if isinstance(v, bool) or not isinstance(v, (numbers.Real, str)):
         raise ValueError(f"not a number (got {v!r}); expected a number or a fraction like '8/255'")
+    out = None
     if isinstance(v, str):
-        parts = v.split("/")
+        parts = [p.strip() for p in v.split("/")]
         try:
-            if len(parts) == 1:
-                return float(parts[0])
-            if len(parts) == 2:
-                return float(parts[0]) / float(parts[1])
-        except (ValueError, ZeroDivisionError):
+            out = float(parts[0]) if len(parts) == 1 else float(parts[0]) / float(parts[1]) if len(parts) == 2 else None
+        except (ValueError, ZeroDivisionError, OverflowError):
             pass
-        raise ValueError(f"not a number or a fraction (got {v!r}); expected a number or a fraction like '8/255'")
-    return v
+        if out is None:
+            raise ValueError(f"not a number or a fraction (got {v!r}); expected a number or a fraction like '8/255'")
+    else:
+        out = float(v)
+    if not math.isfinite(out):
+        raise ValueError(f"not a finite number (got {v!r}); expected a finite number")
+    if out < 0:
+        raise ValueError(f"must be greater than or equal to 0 (got {v!r}); expected a number >= 0")
+    return out
 
 
-class AttackSpec(_Strict):
+METHODS = ("pgd", "apgd-ce", "apgd-t", "apgd-dlr", "fab", "square", "autoattack")
+
+
+class AttackConfig(_Strict):
+    r"""One attack: sweeper's PGD (``method: pgd``, :func:`sweeper.attacks.pgd`) or an AutoAttack-class method
+    (:func:`sweeper.aa.run_attack`).
+
+    Arguments:
+        norm (str): "l2" or "linf".
+        eps (float | str): radius in [0,1] pixel units; "8/255" is accepted.
+        steps (int): gradient steps (queries for square), >= 1. (Default: 10)
+        step_size (float | None): PGD's step length in pixel units; None -> 2.5 * eps / steps. (Default: None)
+        random_start (bool): start from a random point in the ball (L2: norm eps; Linf: uniform). (Default: False)
+        restarts (int): independent runs; per example the best one is kept (sweep files: PGD needs
+            random_start for restarts > 1). (Default: 1)
+        method (str): pgd | apgd-ce | apgd-t | apgd-dlr | fab | square | autoattack. (Default: "pgd")
+        loss (str): PGD's loss: "ce" (cross-entropy) or "margin" (max other logit - true logit; targeted:
+            target logit - max other logit). (Default: "ce")
+        keep_best (bool): return the highest-loss (untargeted) / lowest-loss (targeted) iterate instead of
+            the last one. (Default: False)
+        n_targets (int | None): APGD-T's number of target classes (None: its default). (Default: None)
+    """
     norm: Literal["l2", "linf"]
-    eps: float = Field(ge=0, le=MAX_EPS)          # radius of the ball, in [0,1] pixel units
+    eps: float = Field(ge=0, le=MAX_EPS)
     steps: int = Field(10, ge=1)
-    step_size: Optional[float] = Field(None, gt=0, le=MAX_EPS)  # null: the attack's default (2.5 * eps / steps)
+    step_size: Optional[float] = Field(None, gt=0, le=MAX_EPS)
     random_start: bool = False
     restarts: int = Field(1, ge=1)
+    method: Literal["pgd", "apgd-ce", "apgd-t", "apgd-dlr", "fab", "square", "autoattack"] = "pgd"
+    loss: Literal["ce", "margin"] = "ce"
+    keep_best: bool = False
+    n_targets: Optional[int] = Field(None, ge=1)
+
+    # options added after node keys existed: left out of dumps (and so of node keys) at their defaults
+    _OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("method", "loss", "keep_best", "n_targets")
 
     @field_validator("eps", "step_size", mode="before")
     @classmethod
-    def _fraction(cls, v):
-        return parse_fraction(v)
+    def _parse(cls, v):
+        return v if v is None else parse_eps(v)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for name in self._OMIT_AT_DEFAULT:
+            if name in out and out[name] == type(self).model_fields[name].default:
+                del out[name]
+        return out
+
+    def resolved_step_size(self) -> float:
+        """The step length actually used: step_size, or 2.5 * eps / steps when None."""
+        if self.step_size is not None:
+            return float(self.step_size)
+        return 2.5 * self.eps / self.steps
+
+    def name(self) -> str:
+        """The attack's one display name (evaluation meta, W&B key ``robust/<name>``, report column
+        ``robust_acc[<name>]``): "l2_eps0.5_s10", then a suffix per option not at its default."""
+        out = f"{self.norm}_eps{self.eps:g}_s{self.steps}"
+        if self.step_size is not None:
+            out += f"_ss{self.step_size:g}"
+        if self.random_start:
+            out += "_rs"
+        if self.restarts > 1:
+            out += f"_r{self.restarts}"
+        if self.keep_best:
+            out += "_best"
+        if self.loss != "ce":
+            out += f"_{self.loss}"
+        if self.method != "pgd":
+            out += f"_{self.method}"
+        if self.n_targets is not None:
+            out += f"_t{self.n_targets}"
+        return out
 
 
 class RobustCurveSpec(_Strict):
@@ -152,13 +216,16 @@ class RobustCurveSpec(_Strict):
     gives at most 10 points per run (always including the last epoch)."""
     size: int = Field(100, ge=0)
     every: AutoOrCount = "auto"
-    attack: Union[Literal["auto"], AttackSpec] = "auto"
+    attack: Union[Literal["auto"], AttackConfig] = "auto"
 
 
 RunSpec.model_rebuild()
 
 
-class InversionSpec(_Strict):
+class InversionConfig(_Strict):
+    """How ``synthesis.invert`` inverts a representation (the ``inversion:`` section of a synthesize stage):
+    ``steps`` L2-normalised steps of ``step_size`` (pixel units), ``step_decay`` none | cosine, stopping early
+    once every example's distance changed by less than ``tol`` (relative) over 10 steps (0: never)."""
     steps: int = Field(300, ge=1)
     step_size: float = Field(0.1, gt=0, le=MAX_EPS)
     start: Literal["other_image", "noise"] = "other_image"
@@ -173,8 +240,8 @@ class TrainStage(_Strict):
     arch: Arch
     train_size: Optional[int] = Field(None, ge=1)
     from_: Optional[str] = Field(None, alias="from")   # a synthesize stage: train on its output
-    train: TrainSpec
-    adversarial: Optional[AttackSpec] = None
+    train: TrainConfig
+    adversarial: Optional[AttackConfig] = None
     seed: Optional[int] = None
 
     @model_validator(mode="after")
@@ -189,9 +256,9 @@ class SynthesizeStage(_Strict):
     from_: str = Field(alias="from")                  # a train stage: the source model
     method: Literal["inversion", "relabel"]
     size: Optional[int] = Field(None, ge=1)          # first N of the seeded permutation (null: all)
-    inversion: Optional[InversionSpec] = None
+    inversion: Optional[InversionConfig] = None
     targets: Optional[Literal["random", "deterministic"]] = None
-    attack: Optional[AttackSpec] = None
+    attack: Optional[AttackConfig] = None
     seed: Optional[int] = None
 
     @model_validator(mode="after")
@@ -212,7 +279,7 @@ class SynthesizeStage(_Strict):
 class EvaluateStage(_Strict):
     kind: Literal["evaluate"]
     from_: Union[str, list[str]] = Field(alias="from")  # train stages
-    attacks: list[AttackSpec] = []
+    attacks: list[AttackConfig] = []
     seed: Optional[int] = None
 
     @property
@@ -231,17 +298,14 @@ STAGE_MODELS: dict[str, type[BaseModel]] = {"train": TrainStage, "synthesize": S
                                             "evaluate": EvaluateStage, "transfer": TransferStage}
 
 
-class Sweep(_Strict):
-    """The validated sweep. ``stages`` holds the raw stages as written (grids included);
-    ``points[name]`` the expanded ``(point, stage_model)`` pairs of each stage."""
+class SweepFile(_Strict):
+    """The top level of a sweep file as written; ``stages`` are kept raw (grids included)."""
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     description: Optional[str] = None
     seed: int = 0
     data: DataSpec
     run: RunSpec = RunSpec()
     stages: dict[str, dict[str, Any]] = Field(min_length=1)
-    _points: dict = PrivateAttr(default_factory=dict)
-    _source: str = PrivateAttr(default="<string>")
 
     @field_validator("stages")
     @classmethod
@@ -252,10 +316,17 @@ class Sweep(_Strict):
                                  "([A-Za-z0-9_-]+)")
         return v
 
-    @property
-    def points(self) -> dict[str, list[tuple[dict, BaseModel]]]:
-        return self._points
 
-    @property
-    def source(self) -> str:
-        return self._source
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep (built by :func:`sweeper.spec.validate`): the file's sections, the raw stages as
+    written, and ``points[name]``: each stage's expanded ``(point, stage model)`` pairs; ``source`` names the
+    file in messages."""
+    name: str
+    description: Optional[str]
+    seed: int
+    data: DataSpec
+    run: RunSpec
+    stages: dict[str, dict[str, Any]]
+    points: dict[str, list[tuple[dict, Stage]]]
+    source: str

@@ -14,35 +14,31 @@ from typing import Callable
 
 import ray
 
-from . import stages
-from .store import Store, StoreIOError
-
-
-class ShardFailed(RuntimeError):
-    pass
+from . import kinds
+from .errors import ShardFailed, StoreIOError
+from .schema import DataSpec
+from .store import Store
 
 
 @ray.remote(max_restarts=0)
 class SynthesisWorker:
-    """Holds one source model at a time; ``run`` synthesizes one shard into the store."""
+    """Holds one source model at a time; ``run`` synthesizes one shard into the store (kinds.run_shard)."""
 
-    def __init__(self, store_uri: str, data_spec: dict, sweep_seed: int, threads: int = 1):
+    def __init__(self, store_uri: str, data: DataSpec, sweep_seed: int, threads: int = 1):
         import torch
 
         torch.set_num_threads(threads)
-        self.store = Store(store_uri)
-        self.data_spec = data_spec
-        self.seed = sweep_seed
+        self.store, self.data, self.seed = Store(store_uri), data, sweep_seed
         self._model_key = None
         self._model = None
 
     def run(self, node, index: int, start: int, stop: int, shard_size: int) -> dict:
         source = node.inputs["source"]
         if self._model_key != source:
-            self._model = stages.load_model(self.store, source, self.data_spec)
+            self._model = kinds.load_model(self.store, source, self.data)
             self._model_key = source
-        return stages.run_shard(node, index, start, stop, self._model, self.data_spec, self.seed, self.store,
-                                shard_size)
+        ctx = kinds.Context(self.data, self.seed, self.store, shard_size)
+        return kinds.run_shard(node, index, start, stop, self._model, ctx)
 
     def pid(self) -> int:
         import os
@@ -57,11 +53,11 @@ class ShardPool:
     work: the surviving actors finish the node. Pool state lives across the synthesis nodes of one wave.
     """
 
-    def __init__(self, store: Store, data_spec: dict, sweep_seed: int, *, actors: int = 2,
+    def __init__(self, store: Store, data: DataSpec, sweep_seed: int, *, actors: int = 2,
                  cpus_per_actor: float = 1, gpus_per_actor: float = 0, threads: int = 1, max_retries: int = 3,
                  log: Callable[[str], None] | None = None):
         self._make = lambda: SynthesisWorker.options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor).remote(
-            store.uri, data_spec, sweep_seed, threads)
+            store.uri, data, sweep_seed, threads)
         self.actors = [self._make() for _ in range(max(1, actors))]
         self._starting = {a.__ray_ready__.remote(): slot for slot, a in enumerate(self.actors)}
         self._free: list[int] = []
@@ -78,7 +74,7 @@ class ShardPool:
     def run_node(self, node, n_images: int, shard_size: int,
                  on_shard: Callable[[dict], None] | None = None) -> list[dict]:
         """Every shard of ``node``; returns their metadata in index order."""
-        todo = list(enumerate(stages.shard_ranges(n_images, shard_size)))
+        todo = list(enumerate(kinds.shard_ranges(n_images, shard_size)))
         attempts = {i: 0 for i, _ in todo}
         results: dict[int, dict] = {}
         running: dict = {}  # object ref -> (actor slot, shard)
@@ -138,9 +134,11 @@ class ShardPool:
             ray.kill(a)
 
 
-def synthesize_on_pool(pool: ShardPool, node, data_spec: dict, sweep_seed: int, store: Store, shard_size: int,
-                       on_shard: Callable[[dict], None] | None = None) -> dict:
+def synthesize_on_pool(pool: ShardPool, node, ctx: kinds.Context, progress: kinds.Progress | None = None) -> dict:
+    """A synthesis node with its shards spread over ``pool``'s actors, then the merge (kinds.finish_synthesis);
+    ``progress`` gets each finished shard's metrics. The same signature as a kind's run, for kinds.execute."""
     t0 = time.time()
-    n = len(stages.synth_inputs(node, data_spec, sweep_seed)[1])
-    metas = pool.run_node(node, n, shard_size, on_shard)
-    return stages.finish_synthesis(node, len(metas), store, time.time() - t0, shard_size)
+    n = len(kinds.synth_inputs(node, ctx)[1])
+    on_shard = None if progress is None else (lambda m: progress(kinds.shard_metrics(m)))
+    metas = pool.run_node(node, n, ctx.shard_size, on_shard)
+    return kinds.finish_synthesis(node, len(metas), ctx, t0)

@@ -1,8 +1,8 @@
 """The sweep file: loading, grid/zip expansion, references between stages and readable errors.
 
-``load(path)`` / ``loads(text)`` return a :class:`Sweep`: the top-level sections validated, the raw stages kept
-as written, and for every stage its expanded grid points, each validated into a concrete stage model (the
-models live in :mod:`sweeper.schema` and are re-exported here). No Ray, no W&B, no torch here.
+``load(path)`` / ``loads(text)`` return a :class:`~sweeper.schema.Sweep`: the top-level sections validated, the
+raw stages kept as written, and for every stage its expanded grid points, each validated into a concrete stage
+model of :mod:`sweeper.schema`. No Ray, no W&B, no torch here.
 """
 from __future__ import annotations
 
@@ -18,15 +18,9 @@ from typing import Any, Optional, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .schema import (ARCHS, KINDS, MAX_EPS, MAX_GRID_POINTS, NAME_PATTERN, STAGE_MODELS, AttackSpec, DataSpec,
-                     EvaluateStage, InversionSpec, RobustCurveSpec, RunSpec, SpecError, Stage, Sweep,
-                     SynthesizeStage, ToySpec, TrainSpec, TrainStage, TransferStage, eps_limit, parse_fraction)
-
-__all__ = ["ARCHS", "KINDS", "MAX_EPS", "MAX_GRID_POINTS", "MAX_VALUES", "MAX_YAML_ALIASES", "STAGE_MODELS",
-           "AttackSpec", "DataSpec", "EvaluateStage", "InversionSpec", "RobustCurveSpec", "RunSpec", "SpecError",
-           "Stage", "Sweep", "SynthesizeStage", "ToySpec", "TrainSpec", "TrainStage", "TransferStage",
-           "parse_fraction", "load", "loads", "validate", "expand_stage", "count_points", "apply_overrides",
-           "topo_order", "stage_refs", "dumps_point"]
+from .errors import SpecError
+from .schema import (KINDS, NAME_PATTERN, STAGE_MODELS, AttackConfig,
+                     EvaluateStage, Sweep, SweepFile, SynthesizeStage, TrainStage, TransferStage, eps_limit)
 
 # Limits on the input itself, so that a small hostile or mistyped file fails in milliseconds (the number of
 # grid points has its own limit, run.max_grid_points, see schema.MAX_GRID_POINTS).
@@ -375,14 +369,13 @@ def validate(raw: Any, source: str = "<dict>") -> Sweep:
                 raise SpecError(source, f"stages.{name}", f"invalid stage name (got {_show(name)}); expected "
                                                           "letters, digits, _ and - only ([A-Za-z0-9_-]+)")
     try:
-        sweep = Sweep.model_validate(raw)
+        top = SweepFile.model_validate(raw)
     except ValidationError as exc:
-        raise _convert(exc, Sweep, source, "") from None
-    sweep._source = source
+        raise _convert(exc, SweepFile, source, "") from None
     # count every stage's points by multiplying grid lengths, and refuse too many, before expanding any
-    axes = {name: _stage_axes_checked(name, stage, source) for name, stage in sweep.stages.items()}
+    axes = {name: _stage_axes_checked(name, stage, source) for name, stage in top.stages.items()}
     sizes = {name: math.prod(len(a) for a in ax[1]) for name, ax in axes.items()}
-    total, cap = sum(sizes.values()), sweep.run.max_grid_points
+    total, cap = sum(sizes.values()), top.run.max_grid_points
     if total > cap:
         big = max(sizes, key=sizes.get)
         lens = [len(a) for a in axes[big][1]]
@@ -390,12 +383,13 @@ def validate(raw: Any, source: str = "<dict>") -> Sweep:
         raise SpecError(source, f"stages.{big}", f"too many grid points (got {total:,} grid points in the sweep, "
                                                  f"{sizes[big]:,}{how} in this stage); expected at most {cap:,} "
                                                  "(run.max_grid_points)")
-    rc = sweep.run.robust_curve.attack
-    if isinstance(rc, AttackSpec):
-        _check_eps(rc, sweep.data.dataset, source, "run.robust_curve.attack", "")
-    for name, (raw_stage, stage_axes) in axes.items():
-        sweep._points[name] = _expand_validate(name, sweep.stages[name]["kind"], raw_stage, stage_axes, source,
-                                               sweep.data.dataset)
+    rc = top.run.robust_curve.attack
+    if isinstance(rc, AttackConfig):
+        _check_attack(rc, top.data.dataset, source, "run.robust_curve.attack", "")
+    points = {name: _expand_validate(name, top.stages[name]["kind"], raw_stage, stage_axes, source, top.data.dataset)
+              for name, (raw_stage, stage_axes) in axes.items()}
+    sweep = Sweep(name=top.name, description=top.description, seed=top.seed, data=top.data, run=top.run,
+                  stages=top.stages, points=points, source=source)
     _check_refs(sweep, source)
     return sweep
 
@@ -425,12 +419,12 @@ def _expand_validate(name: str, kind: str, raw: dict, axes: list[list], source: 
         except ValidationError as exc:
             raise _convert(exc, STAGE_MODELS[kind], source, where, note) from None
         for field, attack in _attacks(model):
-            _check_eps(attack, dataset, source, f"{where}.{field}", note)
+            _check_attack(attack, dataset, source, f"{where}.{field}", note)
         out.append((point, model))
     return out
 
 
-def _attacks(model: BaseModel) -> list[tuple[str, AttackSpec]]:
+def _attacks(model: BaseModel) -> list[tuple[str, AttackConfig]]:
     """(field path, attack) for every attack of a concrete stage."""
     if isinstance(model, TrainStage):
         return [("adversarial", model.adversarial)] if model.adversarial else []
@@ -441,14 +435,23 @@ def _attacks(model: BaseModel) -> list[tuple[str, AttackSpec]]:
     return []
 
 
-def _check_eps(attack: AttackSpec, dataset: str, source: str, path: str, note: str) -> None:
-    """The per-dataset bound on eps (the schema only knows MAX_EPS): L-inf <= 1 and L2 <= the image cube's
-    diagonal for images in [0,1]; the toy's Gaussian features keep MAX_EPS."""
+def _check_attack(attack: AttackConfig, dataset: str, source: str, path: str, note: str) -> None:
+    """What the attack model alone cannot know: the per-dataset bound on eps (L-inf <= 1 and L2 <= the image
+    cube's diagonal for images in [0,1]; the toy's Gaussian features keep MAX_EPS), and that PGD restarts need
+    a random start (without one every restart repeats the same run)."""
     limit = eps_limit(attack.norm, dataset)
     if limit and attack.eps > limit[0]:
         cap, why = limit
         raise SpecError(source, f"{path}.eps", f"{attack.norm} eps too large for {dataset} (got {attack.eps:g}); "
                                                f"expected at most {cap:.4g}: {why}{note}")
+    if attack.n_targets is not None and attack.method != "apgd-t":
+        raise SpecError(source, f"{path}.n_targets", f"n_targets is APGD-T's option (got method: {attack.method}); "
+                                                     f"expected method: apgd-t, or no n_targets{note}")
+    if attack.method == "pgd" and attack.restarts > 1 and not attack.random_start:
+        raise SpecError(source, f"{path}.restarts", f"restarts > 1 without a random start (got restarts: "
+                                                    f"{attack.restarts}, random_start: false); expected "
+                                                    f"random_start: true, or restarts: 1 (each restart would "
+                                                    f"repeat the same run){note}")
 
 
 def stage_refs(model: BaseModel) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -45,23 +45,11 @@ from typing import Any, Optional
 
 import pyarrow.fs as pafs
 
+from .errors import CorruptArtifact, StoreError, StoreIOError
+
 MANIFEST, META, TENSORS = "manifest.json", "meta.json", "tensors.safetensors"
 MARKER = "sweeper-store.json"
 FORMAT = 2  # 1: files beside the manifest, moved into place from tmp/; 2: attempt folders, manifest digest
-
-
-class CorruptArtifact(RuntimeError):
-    """A stored file whose sha256 does not match its manifest (or that is missing)."""
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked (not a sweeper store, not writable...); the message says why."""
-
-
-class StoreIOError(StoreError, OSError):
-    """A read or write of the store failed for a reason other than a missing file (no permission, read-only or
-    full disk, an S3 endpoint that cannot be reached, no such bucket): one line naming the store, the place and
-    the cause. Still an OSError, so code that cleans up after a failed write keeps doing so."""
 
 
 # what a read of a missing thing raises: "not there" (not done, no lease), never a storage failure

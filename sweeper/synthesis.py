@@ -1,5 +1,5 @@
 """Constructing the training sets of Ilyas et al. 2019: relabelled adversarial examples (D_rand, D_det)
-and representation inversion (D_R, D_NR)."""
+and representation inversion (D_R, D_NR), both as PGD (:func:`sweeper.attacks.descend`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import math
 import torch
 from torch import Tensor
 
-from .attacks import AttackConfig, eval_mode, pgd
+from .attacks import eval_mode, descend, perturb
+from .schema import AttackConfig, InversionConfig
+from .threat import Unconstrained
 
 _TINY = 1e-12
 
@@ -40,7 +42,7 @@ def choose_targets(y, policy: str, num_classes: int, generator=None) -> Tensor:
 
 
 def relabel(model, x, y, *, policy, num_classes, attack: AttackConfig, bounds=(0.0, 1.0), generator=None) -> dict:
-    """Targeted PGD toward chosen targets; the new label is the target.
+    """A targeted attack toward chosen targets; the new label is the target.
 
     Arguments:
         model (nn.Module): source model, images in [0,1] -> logits.
@@ -50,10 +52,11 @@ def relabel(model, x, y, *, policy, num_classes, attack: AttackConfig, bounds=(0
 
     Returns:
         {"x": x_adv, "y": targets, "orig_y": y, "hit": (N,) bool, model(x_adv).argmax == target (eval mode),
-         "loss": (N,) cross-entropy of model(x_adv) toward the target (what the attack minimised)}
+         "loss": (N,) cross-entropy of model(x_adv) toward the target}
     """
     targets = choose_targets(y, policy, num_classes, generator).to(x.device)
-    x_adv = pgd(model, x, targets, attack, targeted=True, bounds=bounds, generator=generator)
+    x_adv = perturb(model, x, torch.as_tensor(y).to(x.device), attack, targets=targets, bounds=bounds,
+                    generator=generator)
     with eval_mode(model), torch.no_grad():
         logits = model(x_adv)
         hit = logits.argmax(dim=1) == targets
@@ -61,8 +64,8 @@ def relabel(model, x, y, *, policy, num_classes, attack: AttackConfig, bounds=(0
     return {"x": x_adv, "y": targets, "orig_y": torch.as_tensor(y).to(x.device), "hit": hit, "loss": loss}
 
 
-def start_points(x_pool, n, mode: str, generator=None, exclude: Tensor | None = None) -> Tensor:
-    """Starting images for inversion.
+def start_points(x_pool, n, mode: str, generator=None, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Starting images for inversion, and which pool image each one is.
 
     Arguments:
         x_pool (Tensor): (P,C,H,W) images to draw from.
@@ -70,6 +73,9 @@ def start_points(x_pool, n, mode: str, generator=None, exclude: Tensor | None = 
         mode (str): "other_image": random pool images, for each i an index different from exclude[i]
             (when exclude is given); "noise": 0.5 + Gaussian noise of std 0.05, clamped to [0,1].
         exclude (Tensor | None): (n,) pool indices to avoid (the indices of the inversion targets).
+
+    Returns:
+        (x0, index): x0 (n,C,H,W); index (n,) int64, the pool index of each start (-1 for noise).
     """
     n = int(n)
     device = x_pool.device
@@ -86,77 +92,65 @@ def start_points(x_pool, n, mode: str, generator=None, exclude: Tensor | None = 
             if p < 2:
                 raise ValueError("start_points: 'other_image' needs a pool of at least 2 images")
             idx = (exclude + _randint(1, p, n, generator, device)) % p
-        return x_pool[idx].clone()
+        return x_pool[idx].clone(), idx.long()
     if mode == "noise":
         shape = (n, *x_pool.shape[1:])
         if generator is None:
             noise = torch.randn(shape, dtype=x_pool.dtype, device=device)
         else:
             noise = torch.randn(shape, generator=generator, dtype=x_pool.dtype, device=generator.device).to(device)
-        return (0.5 + 0.05 * noise).clamp(0.0, 1.0)
+        return (0.5 + 0.05 * noise).clamp(0.0, 1.0), torch.full((n,), -1, dtype=torch.long, device=device)
     raise ValueError(f"unknown start mode {mode!r}; expected 'other_image' or 'noise'")
 
 
-def _distance(a: Tensor, b: Tensor) -> Tensor:
-    return (a - b).flatten(1).norm(p=2, dim=1)
+def feature_distance(model, z: Tensor, target: Tensor) -> Tensor:
+    """(N,) squared L2 distance between ``model.representation(z)`` and ``target`` (N, F): inversion's PGD loss.
+    (The squared and the plain distance, absolute or relative to ||target||, give the same normalised step.)"""
+    return (model.representation(z).flatten(1) - target).pow(2).sum(dim=1)
 
 
-def invert(model, x_target, x_init, *, steps: int, step_size: float, loss: str = "l2",
-           step_decay: str = "none", tol: float = 0.0, bounds=(0.0, 1.0)) -> tuple[Tensor, Tensor]:
+def invert(model, x_target, x_init, cfg: InversionConfig, *, bounds=(0.0, 1.0)) -> tuple[Tensor, Tensor]:
     """Representation inversion: find z with g(z) close to g(x_target), g = model.representation.
 
-    Minimises ||g(z)-g(x_target)||_2 ("l2") or that divided by ||g(x_target)||_2 ("relative") with
-    L2-normalised gradient steps (per example), clamped to bounds, no ball. Per example the two losses
-    differ by a positive constant, so their normalised steps coincide.
+    PGD (:func:`sweeper.attacks.descend`) that descends :func:`feature_distance` from ``x_init`` on the
+    unconstrained threat (L2-normalised steps per example, clamped to ``bounds``, no ball): ``cfg.steps`` steps
+    of ``cfg.step_size`` (cosine-annealed towards 0 with ``step_decay: cosine``); with ``cfg.tol`` > 0 it stops
+    once every example's distance changed by less than tol (relative) over the last 10 steps.
 
     Arguments:
         model (nn.Module): with ``representation(x) -> (N, F)``; run in eval mode, modes restored after.
         x_target (Tensor): (N,C,H,W) in [0,1]; x_init (Tensor): (N,C,H,W) start points.
-        steps (int): iterations (>= 0); step_size (float): L2 length of each step in pixel units.
-        step_decay (str): "none" or "cosine" (step size cosine-annealed towards 0 over the steps).
-        tol (float): > 0: stop once every example's relative change of distance over the last 10 steps < tol.
+        cfg (InversionConfig): steps, step_size (pixel units), step_decay, tol.
         bounds (tuple | None): box; None -> no box.
 
     Returns:
-        (z, dist): z (N,C,H,W) detached; dist (N,) the final absolute distance ||g(z)-g(x_target)||_2.
+        (z, dist): z (N,C,H,W) detached; dist (N,) the final distance ||g(z)-g(x_target)||_2.
     """
-    if loss not in ("l2", "relative"):
-        raise ValueError(f"unknown inversion loss {loss!r}; expected 'l2' or 'relative'")
-    if step_decay not in ("none", "cosine"):
-        raise ValueError(f"unknown step_decay {step_decay!r}; expected 'none' or 'cosine'")
-    if int(steps) < 0 or step_size < 0 or tol < 0:
-        raise ValueError("invert: steps, step_size and tol must be >= 0")
-    steps = int(steps)
+    steps, window = int(cfg.steps), 10
+    threat = Unconstrained(bounds=bounds)
 
-    def box(t: Tensor) -> Tensor:
-        return t if bounds is None else t.clamp(bounds[0], bounds[1])
+    def step_size(t: int) -> float:
+        if cfg.step_decay == "cosine":
+            return cfg.step_size * 0.5 * (1.0 + math.cos(math.pi * t / steps))
+        return cfg.step_size
 
-    window = 10
+    history: list[Tensor] = []
+
+    def converged(sq: Tensor) -> bool:
+        if cfg.tol <= 0:
+            return False
+        history.append(sq.clamp_min(0).sqrt())
+        if len(history) <= window:
+            return False
+        old = history.pop(0)
+        return bool(((old - history[-1]).abs() / old.clamp_min(_TINY) < cfg.tol).all())
+
     with eval_mode(model):
         with torch.no_grad():
             target = model.representation(x_target.detach()).flatten(1)
-        z = box(x_init.detach().to(device=x_target.device, dtype=x_target.dtype).clone())
-        history: list[Tensor] = []
-        for t in range(steps):
-            z.requires_grad_(True)
-            with torch.enable_grad():
-                rep = model.representation(z).flatten(1)
-                sq = (rep - target).pow(2).sum(dim=1)  # same normalised direction as the distance
-                (grad,) = torch.autograd.grad(sq.sum(), z)
-            z = z.detach()
-            if tol > 0:
-                dist = sq.detach().clamp_min(0).sqrt()
-                history.append(dist)
-                if len(history) > window:
-                    old = history.pop(0)
-                    rel = (old - dist).abs() / old.clamp_min(_TINY)
-                    if bool((rel < tol).all()):
-                        break
-            lr = step_size
-            if step_decay == "cosine":
-                lr = step_size * 0.5 * (1.0 + math.cos(math.pi * t / steps))
-            gnorm = grad.flatten(1).norm(p=2, dim=1).clamp_min(_TINY).view(-1, *([1] * (z.dim() - 1)))
-            z = box(z - lr * grad / gnorm)
+        z0 = threat.clamp_box(x_init.detach().to(device=x_target.device, dtype=x_target.dtype).clone())
+        z, _, _ = descend(model, z0, target, feature_distance, threat, steps=steps, step_size=step_size,
+                          sign=-1.0, stop=converged)
         with torch.no_grad():
-            dist = _distance(model.representation(z), target)
-    return z.detach(), dist
+            dist = (model.representation(z).flatten(1) - target).norm(p=2, dim=1)
+    return z, dist

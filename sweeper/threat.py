@@ -7,45 +7,11 @@ dims. Images live in [0,1] (``bounds=(0.0, 1.0)``); ``bounds=None`` means no box
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
 _TINY = 1e-12
-
-
-def parse_eps(value: float | int | str) -> float:
-    """Parse a radius: ``0.5``, ``"0.5"``, ``"8/255"`` -> float (no eval).
-
-    Raises ValueError (naming the value) for negative, non-finite or malformed input.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"eps must be a number or a string like '8/255', got {value!r}")
-    if isinstance(value, numbers.Real):
-        out = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            if "/" in text:
-                parts = text.split("/")
-                if len(parts) != 2:
-                    raise ValueError
-                num, den = float(parts[0].strip()), float(parts[1].strip())
-                if den == 0.0:
-                    raise ValueError
-                out = num / den
-            else:
-                out = float(text)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"malformed eps {value!r}: expected a number or 'a/b' such as '8/255'") from None
-    else:
-        raise ValueError(f"eps must be a number or a string like '8/255', got {value!r}")
-    if not math.isfinite(out):
-        raise ValueError(f"eps must be finite, got {value!r}")
-    if out < 0:
-        raise ValueError(f"eps must be >= 0, got {value!r}")
-    return out
 
 
 def _per_example_norm(t: Tensor) -> Tensor:
@@ -74,14 +40,16 @@ class ThreatModel:
     """Base class: an eps-ball around the clean point plus an optional box.
 
     Args:
-        eps (float | str): radius in pixel units ([0,1] scale); parsed with :func:`parse_eps`.
+        eps (float): radius in pixel units ([0,1] scale), finite and >= 0 (parsed by the schema, not here).
         bounds (tuple[float, float] | None): box for every coordinate, e.g. (0.0, 1.0); None: no box.
     """
 
     norm: str = ""
 
-    def __init__(self, eps: float | str, bounds: tuple[float, float] | None = (0.0, 1.0)):
-        self.eps = parse_eps(eps)
+    def __init__(self, eps: float, bounds: tuple[float, float] | None = (0.0, 1.0)):
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.eps = float(eps)
         if bounds is not None:
             lo, hi = float(bounds[0]), float(bounds[1])
             if not lo <= hi:
@@ -148,21 +116,23 @@ class Linf(ThreatModel):
 
 
 class Unconstrained(ThreatModel):
-    """No ball, only the box; L2-normalised gradient steps. ``eps`` is kept but ignored.
+    """No ball, only the box; L2-normalised gradient steps (representation inversion). ``eps`` is ignored.
 
     ``random_start`` returns x0 (clamped to the box): there is no ball to sample from.
     """
 
     norm = "none"
 
-    def __init__(self, eps: float | str = 0.0, bounds: tuple[float, float] | None = (0.0, 1.0)):
+    def __init__(self, eps: float = 0.0, bounds: tuple[float, float] | None = (0.0, 1.0)):
         super().__init__(eps, bounds)
 
     def project(self, x: Tensor, x0: Tensor) -> Tensor:
         return self.clamp_box(x)
 
     def step(self, x: Tensor, grad: Tensor, step_size: float) -> Tensor:
-        return x + step_size * _l2_normalise(grad)
+        # (step_size * grad) / ||grad||, in this order: the arithmetic of sweeper's inversion before it became
+        # PGD, so inverted sets stay bit-identical (their node keys did not change)
+        return x + step_size * grad / _per_example_norm(grad).clamp_min(_TINY)
 
     def random_start(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.clamp_box(x0.clone())
@@ -171,7 +141,7 @@ class Unconstrained(ThreatModel):
 _THREATS = {"l2": L2, "linf": Linf, "none": Unconstrained}
 
 
-def make_threat(norm: str, eps: float | str, bounds=(0.0, 1.0)) -> ThreatModel:
+def make_threat(norm: str, eps: float, bounds=(0.0, 1.0)) -> ThreatModel:
     """Build a threat model; norm in {"l2", "linf", "none"}."""
     if norm not in _THREATS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(_THREATS)}")

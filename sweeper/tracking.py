@@ -1,7 +1,8 @@
 """W&B on the side (an edge module: imports wandb lazily).
 
-Every node may open one W&B run, named from its key, grouped by sweep and stage, whose config carries what
-dashboards filter on. Offline by default: runs land under ``<store>/wandb/wandb/offline-run-*`` and ``wandb sync``
+Every node may open one W&B run: id ``<sweep>-<key>``, name = the node's (unique) label, group = the sweep,
+job_type = the node's kind, tags (sweep, kind, train set, norm), a config of its readable settings and its spec
+under the sweep file's key names, and the process's console output. Offline by default: runs land under ``<store>/wandb/wandb/offline-run-*`` and ``wandb sync``
 uploads them later. On a remote store (s3://...) a run is written to a node-local staging folder and copied into
 the store when it finishes, so the runs of trials on every node end up in one place; ``sweeper wandb FILE --to
 DIR`` brings them down for ``wandb sync``. A W&B failure (no network, bad key, a crash of its process) is printed once and the sweep goes on:
@@ -11,10 +12,8 @@ results in the store never depend on W&B. The API key is never written anywhere 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -31,12 +30,21 @@ class NodeRun:
         self._upload = upload  # (store, staging dir): copy the finished offline run into a remote store
 
     def log(self, metrics: dict, step: int | None = None) -> None:
+        """A row of the run's history (``step``: e.g. the epoch)."""
+        self._call(lambda: self.run.log(metrics, step=None if step is None else int(step)), "log")
+
+    def summary(self, metrics: dict) -> None:
+        """The run's final numbers."""
+        if metrics:
+            self._call(lambda: self.run.summary.update(metrics), "summary")
+
+    def _call(self, fn, what: str) -> None:
         if self.run is None:
             return
         try:
-            self.run.log(metrics, step=step)
+            fn()
         except Exception as e:  # W&B must never stop a sweep; the error is reported, not hidden
-            self.error = f"W&B log failed ({e!r}); continuing without W&B for this run"
+            self.error = f"W&B {what} failed ({e!r}); continuing without W&B for this run"
             _warn(self.error)
             self.run = None
 
@@ -74,21 +82,12 @@ def resolve_mode(mode: str | None) -> str:
 
 
 def node_config(plan, node) -> dict:
-    """What dashboards filter and plot on (no secrets: only the node's own settings and provenance)."""
-    from .report import train_set_kind
-
-    cfg = {"sweep": plan.sweep.name, "stage": node.stage, "kind": node.kind, "key": node.key,
-           "label": node.label, "dataset": plan.sweep.data.dataset, "params": node.params, "point": node.point,
-           "inputs": node.inputs}
-    cfg["seed"] = node.params.get("seed", plan.sweep.seed)
-    if node.kind == "train" and plan.robust_curve(node):
-        cfg["robust_curve"] = plan.robust_curve(node)
-    model = node if node.kind == "train" else plan.nodes.get(node.inputs.get("model", ""))
-    if model is not None and model.kind == "train":
-        cfg.update(train_set=train_set_kind(plan, model), arch=model.params["arch"])
-    if node.kind == "synthesize":
-        spec = node.params.get("attack") or {}
-        cfg.update(method=node.params["method"], norm=spec.get("norm"), eps=spec.get("eps"), steps=spec.get("steps"))
+    """What dashboards filter and plot on (no secrets: only the node's own settings and provenance): its
+    readable settings (plan.describe), its spec with the sweep file's key names, grid point and inputs."""
+    cfg = {"sweep": plan.sweep.name, "key": node.key, "dataset": plan.sweep.data.dataset, **plan.describe(node),
+           "params": node.spec.model_dump(mode="json", by_alias=True), "point": node.point, "inputs": node.inputs}
+    if node.robust_curve is not None:
+        cfg["robust_curve"] = node.robust_curve.dump()
     try:
         from .store import provenance
 
@@ -96,6 +95,12 @@ def node_config(plan, node) -> dict:
     except Exception as e:  # provenance is informative only
         _warn(f"no provenance for W&B config ({e!r})")
     return cfg
+
+
+def node_tags(plan, node) -> list[str]:
+    """sweep, kind, train set, norm (those that apply), for filtering runs."""
+    d = plan.describe(node)
+    return [str(t)[:64] for t in (plan.sweep.name, node.kind, d["train_set"], d["norm"]) if t]
 
 
 def open_run(plan, node, store, mode: str | None = None) -> NodeRun:
@@ -108,8 +113,8 @@ def open_run(plan, node, store, mode: str | None = None) -> NodeRun:
         root, upload = wandb_dir(store)
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sweeper"), dir=root, mode=m,
                          id=f"{plan.sweep.name}-{node.key}", name=node.label, group=plan.sweep.name,
-                         job_type=node.stage, config=node_config(plan, node), reinit="create_new",
-                         resume="allow", settings=wandb.Settings(console="off", silent=True))
+                         job_type=node.kind, tags=node_tags(plan, node), config=node_config(plan, node),
+                         reinit="create_new", resume="allow", settings=wandb.Settings(console="wrap", silent=True))
         return NodeRun(run, upload=upload)
     except Exception as e:
         msg = f"W&B could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); the sweep goes on without it"
@@ -172,67 +177,6 @@ def tracked(plan, node, store, mode: str | None = None):
         yield run
     finally:
         run.finish()
-
-
-# ------------------------------------------------------------------------------- reading offline runs
-def offline_run_files(wandb_root: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(wandb_root, "wandb", "offline-run-*", "run-*.wandb")))
-
-
-def _records(data: bytes):
-    """Payloads of a LevelDB-style W&B log: 7-byte file header, 32 KiB blocks of (crc, len, type) records."""
-    pos, block, buf = 7, 32768, b""
-    while pos < len(data):
-        left = block - (pos % block)
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            yield payload
-        elif kind == 2:
-            buf = payload
-        elif kind == 3:
-            buf += payload
-        elif kind == 4:
-            yield buf + payload
-            buf = b""
-        elif kind == 0 and length == 0:
-            pos += block - (pos % block) if pos % block else 0
-
-
-def read_offline_run(path: str) -> dict:
-    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} from one offline .wandb file."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    with open(path, "rb") as f:
-        data = f.read()
-    out = {"config": {}, "history": [], "summary": {}, "run": {}}
-    for payload in _records(data):
-        rec = pb.Record()
-        rec.ParseFromString(payload)
-        which = rec.WhichOneof("record_type")
-        if which == "history":
-            row = {}
-            for item in rec.history.item:
-                k = item.key or "/".join(item.nested_key)
-                row[k] = json.loads(item.value_json)
-            out["history"].append(row)
-        elif which == "config":
-            for item in rec.config.update:
-                k = item.key or "/".join(item.nested_key)
-                out["config"][k] = json.loads(item.value_json)
-        elif which == "run":
-            out["run"] = {"id": rec.run.run_id, "name": rec.run.display_name, "group": rec.run.run_group,
-                          "job_type": rec.run.job_type}
-            for item in rec.run.config.update:
-                out["config"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-        elif which == "summary":
-            for item in rec.summary.update:
-                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return out
 
 
 def log_report(plan, store, mode: str | None = None) -> None:

@@ -1,10 +1,10 @@
 """Standard and adversarial training on in-memory tensors (torch only; no DataLoader, no tracking library).
 
 Batches come from a seeded ``torch.Generator`` permutation per epoch, so a run is reproducible given the
-model's initial weights (seeding torch before building the model is the caller's job) and ``cfg.seed``.
+model's initial weights (seeding torch before building the model is the caller's job) and ``seed``.
 
 Adversarial training (Madry et al.; the robust sources of Ilyas et al.): each batch is replaced by
-``pgd(model, xb, yb, cfg.adversarial, bounds=bounds)``. Choice: the attack runs with the model in **eval
+``perturb(model, xb, yb, adversarial, bounds=bounds)``. Choice: the attack runs with the model in **eval
 mode** (BatchNorm uses running statistics and is not updated by the attack's forward passes), then the
 update runs in train mode on the adversarial batch. The authors' robustness library attacks in train mode;
 eval mode keeps the attack a deterministic function of the weights and keeps BN statistics those of the
@@ -15,75 +15,36 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attacks import AttackConfig, pgd
+from .attacks import perturb
 from .data import augment_batch
+from .schema import AttackConfig, TrainConfig
 
 __all__ = ["TrainConfig", "Trainer", "train"]
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "sgd"          # "sgd" | "adam"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"        # "step" | "cosine" | "constant"
-    step_every: int = 50            # epochs between lr drops (schedule "step")
-    gamma: float = 0.1              # lr factor per drop (schedule "step")
-    augment: bool = False           # random crop (pad 4) + horizontal flip
-    adversarial: AttackConfig | None = None
-    seed: int = 0
-
-    def __post_init__(self):
-        def bad(name, why):
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("epochs", "batch_size", "step_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                bad(name, "must be an int")
-        if self.epochs < 0:
-            bad("epochs", "must be >= 0")
-        if self.batch_size < 1:
-            bad("batch_size", "must be >= 1")
-        if self.step_every < 1:
-            bad("step_every", "must be >= 1")
-        if self.optimizer not in ("sgd", "adam"):
-            bad("optimizer", "must be 'sgd' or 'adam'")
-        if self.schedule not in ("step", "cosine", "constant"):
-            bad("schedule", "must be 'step', 'cosine' or 'constant'")
-        for name in ("lr", "momentum", "weight_decay", "gamma"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                bad(name, "must be a finite number >= 0")
-            setattr(self, name, float(v))
-        if self.lr <= 0:
-            bad("lr", "must be > 0")
-        if self.momentum >= 1:
-            bad("momentum", "must be < 1")
-        if self.adversarial is not None and not isinstance(self.adversarial, AttackConfig):
-            bad("adversarial", "must be an AttackConfig or None")
-        self.augment = bool(self.augment)
-
-
 class Trainer:
-    """Epoch-wise trainer; ``state_dict`` holds everything needed to resume bit-identically."""
+    """Epoch-wise trainer; ``state_dict`` holds everything needed to resume bit-identically.
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, *, bounds=(0.0, 1.0)):
+    ``adversarial``: the attack that replaces each batch (None: standard training); ``seed``: the batch order,
+    augmentation (``seed``) and the attack's random starts (``seed + 1``)."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, *,
+                 adversarial: AttackConfig | None = None, seed: int = 0, bounds=(0.0, 1.0)):
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        if adversarial is not None and not isinstance(adversarial, AttackConfig):
+            raise ValueError(f"adversarial must be an AttackConfig or None, got {adversarial!r}")
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         if len(y) == 0:
             raise ValueError("empty training set")
-        self.model, self.cfg, self.bounds = model, cfg, bounds
+        self.model, self.cfg, self.bounds, self.adversarial = model, cfg, bounds, adversarial
         self.device = next(model.parameters()).device
         self.cuda = self.device.type == "cuda"
         self.x = x.to(self.device, torch.float32)
@@ -101,8 +62,8 @@ class Trainer:
         self.total_steps = max(1, self.steps_per_epoch * cfg.epochs)
         self.iteration = 0
         self.epoch = 0
-        self.generator = torch.Generator().manual_seed(cfg.seed)       # permutations, augmentation (CPU)
-        self.attack_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)  # random starts
+        self.generator = torch.Generator().manual_seed(int(seed))       # permutations, augmentation (CPU)
+        self.attack_generator = torch.Generator(device=self.device).manual_seed(int(seed) + 1)  # random starts
         self._set_lr()
 
     # -------------------------------------------------------------------------------------- schedule
@@ -136,9 +97,9 @@ class Trainer:
             xb, yb = self.x[idx], self.y[idx]
             if cfg.augment:
                 xb = augment_batch(xb, self.generator)
-            if cfg.adversarial is not None:
+            if self.adversarial is not None:
                 model.eval()
-                xb = pgd(model, xb, yb, cfg.adversarial, bounds=self.bounds, generator=self.attack_generator)
+                xb = perturb(model, xb, yb, self.adversarial, bounds=self.bounds, generator=self.attack_generator)
                 model.train()
             if xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -184,14 +145,25 @@ class Trainer:
         self._set_lr()
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, *, bounds=(0.0, 1.0),
-          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train for ``cfg.epochs`` epochs; returns the per-epoch rows (also passed to ``on_epoch``)."""
-    trainer = Trainer(model, x, y, cfg, bounds=bounds)
-    history = []
+EpochHook = Callable[[Trainer, list], None]
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, *, adversarial: AttackConfig | None = None,
+          seed: int = 0, bounds=(0.0, 1.0), resume: dict | None = None,
+          on_epoch: EpochHook | None = None) -> list[dict]:
+    """Train for ``cfg.epochs`` epochs; returns the per-epoch rows.
+
+    ``resume``: a checkpoint ``{"trainer": Trainer.state_dict(), "history_rows": rows so far}`` to continue
+    from (bit-identically). ``on_epoch(trainer, history)`` runs after every epoch, with the epoch's row last
+    in ``history``: it may add numbers to that row (they stay in the history) and write a checkpoint.
+    """
+    trainer = Trainer(model, x, y, cfg, adversarial=adversarial, seed=seed, bounds=bounds)
+    history: list[dict] = []
+    if resume is not None:
+        trainer.load_state_dict(resume["trainer"])
+        history = list(resume["history_rows"])
     while trainer.epoch < cfg.epochs:
-        row = trainer.run_epoch()
-        history.append(row)
+        history.append(trainer.run_epoch())
         if on_epoch is not None:
-            on_epoch(row)
+            on_epoch(trainer, history)
     return history

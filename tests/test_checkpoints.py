@@ -5,7 +5,8 @@ import pathlib
 import pytest
 import torch
 
-from sweeper import stages
+from sweeper import kinds
+from sweeper.kinds import Context
 from sweeper.plan import build_plan
 from sweeper.spec import load
 from sweeper.store import Store
@@ -20,18 +21,18 @@ class Killed(Exception):
 def test_damaged_checkpoint_falls_back_to_the_previous_epoch(store_uri, tmp_path, capsys):
     plan = build_plan(load(TOY))
     std = next(n for n in plan.nodes.values() if n.stage == "std")
-    data = plan.sweep.data.model_dump()
     ref = Store(str(tmp_path / "ref"))
-    stages.run_train(std, data, 0, ref)
+    kinds.run_train(std, Context.of(plan, ref))
 
     store = Store(store_uri)
+    ctx = Context.of(plan, store)
 
     def die_after_epoch_4(row):
         if row["epoch"] == 4:
             raise Killed()
 
     with pytest.raises(Killed):
-        stages.run_train(std, data, 0, store, on_epoch=die_after_epoch_4)
+        kinds.run_train(std, ctx, die_after_epoch_4)
     names = sorted(i.base_name for i in store.listdir(f"checkpoints/{std.key}"))
     assert names == ["00003.pt", "00004.pt"]  # this epoch's and the one before
     newest = f"checkpoints/{std.key}/00004.pt"
@@ -40,7 +41,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_epoch(store_uri, tmp_path
     store.write_bytes(newest, bytes(raw))
 
     epochs = []
-    meta = stages.run_train(std, data, 0, store, on_epoch=lambda row: epochs.append(row["epoch"]))
+    meta = kinds.run_train(std, ctx, lambda row: epochs.append(row["epoch"]))
     err = capsys.readouterr().err
     assert f"checkpoint {newest} is damaged" in err and "resuming from the one before it" in err
     assert epochs == list(range(4, 11))  # epoch 4 again (its checkpoint was lost), then the rest
@@ -56,14 +57,15 @@ def test_changing_the_shard_size_never_mixes_two_partitions(tmp_path):
     plan = build_plan(load(TOY))
     std = next(n for n in plan.nodes.values() if n.stage == "std")
     synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
-    data = plan.sweep.data.model_dump()
     store = Store(str(tmp_path / "store"))
-    stages.run_train(std, data, 0, store)
-    model = stages.load_model(store, std.key, data)
-    stages.run_shard(synth, 0, 0, 1000, model, data, 0, store, 1000)  # an interrupted run with shards of 1,000
-    stages.run_shard(synth, 2, 2000, 3000, model, data, 0, store, 1000)
-    meta = stages.run_synthesize(synth, data, 0, store, 700)  # resumed with shards of 700
-    _, _, index = stages.synth_inputs(synth, data, 0)
+    ctx = Context.of(plan, store)
+    kinds.run_train(std, ctx)
+    model = kinds.load_model(store, std.key, plan.sweep.data)
+    shards_of_1000 = Context(plan.sweep.data, 0, store, shard_size=1000)
+    kinds.run_shard(synth, 0, 0, 1000, model, shards_of_1000)  # an interrupted run with shards of 1,000
+    kinds.run_shard(synth, 2, 2000, 3000, model, shards_of_1000)
+    meta = kinds.run_synthesize(synth, Context(plan.sweep.data, 0, store, shard_size=700))  # resumed: shards of 700
+    _, _, index = kinds.synth_inputs(synth, ctx)
     got = store.load_tensors(synth.key)
     assert meta["shard_size"] == 700 and meta["shards"] == -(-len(index) // 700)
     assert torch.equal(got["index"], index)  # every image once, in order

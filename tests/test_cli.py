@@ -43,3 +43,30 @@ def test_bad_set_is_one_line_and_exit_2(tmp_path, capsys, item, expect):
     assert main(["plan", str(TOY), "--store", str(tmp_path / "s"), "--set", item]) == 2
     err = capsys.readouterr().err
     assert expect in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_exit_codes_come_from_the_errors_module(tmp_path, capsys, monkeypatch):
+    """Every error a user sees carries its exit code (sweeper.errors); the CLI prints its one line and exits
+    with that code, whatever module raised it (no Ray needed to know a code)."""
+    import sweeper.cli
+    from sweeper import errors
+
+    codes = {errors.SpecError("f.yaml", "k", "bad"): 2, errors.StoreError("no store"): 2,
+             errors.StoreIOError("read-only"): 2, errors.DataNotFoundError("no data"): 3,
+             errors.CorruptDataset("bad data"): 3, errors.ClusterError("no cluster"): 4,
+             errors.ShardFailed("shard 3 failed"): 5, errors.TrialsFailed("trial failed"): 5,
+             errors.Incomplete("not done"): 5, errors.CorruptArtifact("bad bytes"): 5}
+    for err, code in codes.items():
+        def fail(args, err=err):
+            raise err
+        monkeypatch.setattr(sweeper.cli, "_cmd_plan", fail)
+        assert main(["plan", str(TOY), "--store", str(tmp_path / "s")]) == code, err
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[0].startswith("sweeper: ") and str(err) in lines[0] and "Traceback" not in lines
+        assert ("run the same command again to resume" in lines[-1]) == (code == 5)
+    for signum, code in ((2, 130), (15, 143)):
+        def stop(args, signum=signum):
+            raise errors.Interrupted(signum)
+        monkeypatch.setattr(sweeper.cli, "_cmd_plan", stop)
+        assert main(["plan", str(TOY), "--store", str(tmp_path / "s")]) == code
+        assert "interrupted" in capsys.readouterr().err

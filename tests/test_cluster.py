@@ -168,7 +168,7 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
             assert capsys.readouterr().out.strip() == "SUCCEEDED"
             rows = json.loads((store / "reports" / "small" / "results.json").read_text())
             assert len(rows) == 2, rows
-            assert all("robust_acc[l2 eps=0.5 steps=2]" in r for r in rows), rows[0]  # --set reached the job
+            assert all("robust_acc[l2_eps0.5_s2]" in r for r in rows), rows[0]  # --set reached the job
             # resubmitting the same sweep resumes: everything is in the store, so the job runs no node
             assert main(["submit", str(sweep.relative_to(ROOT)), "--address", url, "--wait", *override]) == 0
             job2 = capsys.readouterr().out.strip().splitlines()[-1]

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import data, data_store, stages
+from sweeper import data, data_store
 from sweeper.cli import main
 from sweeper.plan import build_plan
+from sweeper.schema import DataSpec
 from sweeper.spec import loads
 from sweeper.store import Store
 from test_data import _write_cifar
@@ -33,9 +34,9 @@ stages:
 def fresh(tmp_path, monkeypatch):
     """A node-local cache of this test's own, and no dataset left in this process's load cache."""
     monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
-    stages._load_cached.cache_clear()
+    data_store._load_cached.cache_clear()
     yield
-    stages._load_cached.cache_clear()
+    data_store._load_cached.cache_clear()
 
 
 @pytest.fixture
@@ -74,9 +75,8 @@ def test_fmnist_push_then_load_via_store_root(tmp_path):
         assert info == {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
     plan = data_store.resolve_data_root(_plan("fashion_mnist", "unused"), store)
     assert plan.sweep.data.root == (tmp_path / "store/datasets/fashion_mnist").as_uri()
-    spec = plan.sweep.data.model_dump()
     for split in ("train", "test"):
-        _same(stages.load_split(spec, split), data.load("fashion_mnist", split))
+        _same(data_store.load_split(plan.sweep.data, split), data.load("fashion_mnist", split))
     cached = _cache_files(tmp_path)
     assert [p.name for p in cached] == sorted(m["files"])
     digest = hashlib.sha256((tmp_path / "store/datasets/fashion_mnist/manifest.json").read_bytes()).hexdigest()
@@ -96,7 +96,7 @@ def test_cifar10_push_then_load(tmp_path, small_cifar, src_is_folder_itself):
     assert sorted(m["files"]) == sorted(f"cifar-10-batches-py/{n}" for n in data_store.CIFAR_FILES)
     root = data_store.dataset_uri(store, "cifar10")
     for split in ("train", "test"):
-        _same(stages.load_split({"dataset": "cifar10", "root": root}, split),
+        _same(data_store.load_split(DataSpec(dataset="cifar10", root=root), split),
               data.load("cifar10", split, root=str(small_cifar)))
     assert len(_cache_files(tmp_path)) == 7
 
@@ -135,7 +135,7 @@ def test_plain_roots_are_untouched_and_store_must_be_resolved(tmp_path, small_ci
     assert data_store.local_root("cifar10", str(small_cifar)) == str(small_cifar)  # no manifest: a plain folder
     assert data_store.local_root("cifar10", None) is None
     with pytest.raises(ValueError, match="resolve_data_root"):
-        stages.load_split({"dataset": "cifar10", "root": "store"}, "test")
+        data_store.load_split(DataSpec(dataset="cifar10", root="store"), "test")
     store = Store(tmp_path / "store")  # a pushed folder given as a plain path is fetched and checked too
     data_store.push("cifar10", store, str(small_cifar), log=lambda s: None)
     folder = str(tmp_path / "store/datasets/cifar10")
@@ -161,7 +161,7 @@ def test_corrupted_store_copy_is_refused_naming_the_file(tmp_path, small_cifar):
     bad.write_bytes(bytes(raw))
     root = data_store.dataset_uri(store, "cifar10")
     with pytest.raises(data_store.CorruptDataset, match=r"cifar-10-batches-py/test_batch .*fails its check"):
-        stages.load_split({"dataset": "cifar10", "root": root}, "test")
+        data_store.load_split(DataSpec(dataset="cifar10", root=root), "test")
     assert not any(p.name == "test_batch" for p in _cache_files(tmp_path))  # nothing bad kept in the cache
     bad.unlink()  # a missing file is named too
     with pytest.raises(data_store.CorruptDataset, match=r"cifar-10-batches-py/test_batch .*missing"):
@@ -280,7 +280,7 @@ def test_fmnist_through_s3(tmp_path, s3_uri):
     for name, info in m["files"].items():  # byte for byte: pyarrow must not gzip a .gz name once more
         assert store.fs.get_file_info(store.fs_path("datasets/fashion_mnist", name)).size == info["size"]
         assert info["size"] == (FMNIST / name).stat().st_size
-    _same(stages.load_split({"dataset": "fashion_mnist", "root": root}, "test"), data.load("fashion_mnist", "test"))
+    _same(data_store.load_split(DataSpec(dataset="fashion_mnist", root=root), "test"), data.load("fashion_mnist", "test"))
     assert len(_cache_files(tmp_path)) == 4
 
 

@@ -3,15 +3,15 @@ import torch
 
 from sweeper import models
 
-FAST = ["small_cnn", "mlp", "linear", "airbench", "vgg16"]
+FAST = ["small_cnn", "wide_cnn", "resnet_small", "mlp", "linear", "airbench", "vgg16"]
 SLOW = ["resnet18", "resnet50", "densenet121"]
-FEATURES = {"small_cnn": 256, "mlp": 256, "resnet18": 512, "resnet50": 2048, "vgg16": 512,
+FEATURES = {"small_cnn": 256, "wide_cnn": 256, "resnet_small": 64, "mlp": 256, "resnet18": 512, "resnet50": 2048, "vgg16": 512,
             "densenet121": 1024, "airbench": 256}
 
 
 def test_available_lists_every_arch():
-    assert set(models.available()) == {"small_cnn", "mlp", "linear", "resnet18", "resnet50", "vgg16",
-                                       "densenet121", "airbench"}
+    assert set(models.available()) == {"small_cnn", "wide_cnn", "resnet_small", "mlp", "linear", "resnet18",
+                                       "resnet50", "vgg16", "densenet121", "airbench"}
     assert set(models.registry) == set(models.available())
 
 

@@ -31,8 +31,8 @@ def test_tiny_sweep_end_to_end_then_resume_does_nothing(tiny_sweep, tmp_path, ca
     assert len(rows) == 7
     assert sorted(r["train_set"] for r in rows) == sorted(["D", "D_adv", "D", "D_R", "D_NR", "D_rand", "D_det"])
     for col in ["train_set", "train_size", "source_arch", "target_arch", "synth_norm", "synth_eps", "synth_steps",
-                "seed", "clean_acc", "shifted_acc", "hit_rate", "robust_acc[l2 eps=0.5 steps=3]",
-                "robust_acc[l2 eps=1 steps=3]", "robust_reads_original", "transfer_rate"]:
+                "seed", "clean_acc", "shifted_acc", "hit_rate", "robust_acc[l2_eps0.5_s3]",
+                "robust_acc[l2_eps1_s3]", "robust_reads_original", "transfer_rate"]:
         assert col in rows[0], col
     det = next(r for r in rows if r["train_set"] == "D_det")
     assert 0.0 <= float(det["hit_rate"]) <= 1.0 and det["transfer_rate"] != "" and det["robust_reads_original"] != ""

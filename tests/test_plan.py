@@ -46,7 +46,7 @@ def test_dedup_and_fanout_counts():
     assert all(set(n.inputs) == {"data"} for n in retrain)
     probe = [n for n in plan.nodes.values() if n.kind == "transfer"]
     assert all(set(n.inputs) == {"data", "model"} for n in probe)
-    assert all(n.params["seed"] == 0 for n in retrain)
+    assert all(n.spec.seed == 0 for n in retrain)
 
 
 def test_identical_stages_share_a_node():
@@ -127,27 +127,27 @@ def test_robust_curve_uses_the_eval_attack_of_the_model_and_never_changes_keys()
     plan = build_plan(loads(BASE))
     std = next(n for n in plan.nodes.values() if n.stage == "std")
     std_b = next(n for n in plan.nodes.values() if n.stage == "std_b")
-    curve = plan.robust_curve(std)
-    assert curve["size"] == 100 and curve["every"] == 1
-    assert (curve["attack"]["norm"], curve["attack"]["eps"], curve["attack"]["steps"]) == ("l2", 0.5, 2)
-    assert plan.robust_curve(std_b)["attack"] == curve["attack"]  # not evaluated: the sweep's eval attack
-    assert plan.robust_curve(next(n for n in plan.nodes.values() if n.kind == "evaluate")) is None
+    curve = std.robust_curve
+    assert curve.size == 100 and curve.every == 1
+    assert (curve.attack.norm, curve.attack.eps, curve.attack.steps) == ("l2", 0.5, 2)
+    assert std_b.robust_curve.attack == curve.attack  # not evaluated: the sweep's eval attack
+    assert next(n for n in plan.nodes.values() if n.kind == "evaluate").robust_curve is None
     custom = BASE.replace("run: {store: ./store, max_concurrent_trials: 2}",
                           "run: {store: ./store, robust_curve: {size: 50, every: 2, attack: {norm: linf, "
                           "eps: 8/255, steps: 5}}}")
     other = build_plan(loads(custom))
     assert set(other.nodes) == set(plan.nodes)  # run settings are not part of any key
-    c = other.robust_curve(other.nodes[std.key])
-    assert c["size"] == 50 and c["every"] == 2 and c["attack"]["norm"] == "linf"
-    assert abs(c["attack"]["eps"] - 8 / 255) < 1e-12
+    c = other.nodes[std.key].robust_curve
+    assert c.size == 50 and c.every == 2 and c.attack.norm == "linf"
+    assert abs(c.attack.eps - 8 / 255) < 1e-12
     off = build_plan(loads(BASE.replace("max_concurrent_trials: 2}", "robust_curve: {size: 0}}")))
-    assert off.robust_curve(off.nodes[std.key]) is None
+    assert off.nodes[std.key].robust_curve is None
     long = build_plan(loads(BASE.replace("train: {epochs: 1, lr: 0.05}\n  std_b", "train: {epochs: 25, lr: 0.05}\n  std_b")))
-    assert next(long.robust_curve(n) for n in long.nodes.values() if n.stage == "std")["every"] == 3  # <= 10 points
+    assert next(n.robust_curve for n in long.nodes.values() if n.stage == "std").every == 3  # <= 10 points
 
 
 def test_synthesis_actors_auto_follows_the_cluster():
-    from sweeper.executor import synthesis_actors
+    from sweeper.engines import synthesis_actors
 
     run = loads(BASE).run
     assert synthesis_actors(run, {"CPU": 8.0}) == 8
@@ -155,3 +155,35 @@ def test_synthesis_actors_auto_follows_the_cluster():
     assert synthesis_actors(gpu, {"CPU": 16.0, "GPU": 4.0}) == 4
     fixed = loads(BASE.replace("max_concurrent_trials: 2}", "synthesis_actors: 3}")).run
     assert synthesis_actors(fixed, {"CPU": 64.0}) == 3
+
+
+def test_labels_are_unique_and_describe_a_node():
+    """Two nodes never share a label (a label that repeats gets its inputs' labels); describe() gives a node's
+    readable settings; keys and labels stay as they were where a label was already unique."""
+    plan = build_plan(loads(BASE))
+    labels = [n.label for n in plan.nodes.values()]
+    assert len(set(labels)) == len(labels)
+    evals = sorted(n.label for n in plan.nodes.values() if n.stage == "eval")
+    assert "eval(model=std)" in evals and "eval(model=retrain[arch=mlp](data=d_det[attack.eps=0.5]))" in evals
+    assert {n.label for n in plan.nodes.values() if n.stage in ("std", "d_det")} == {
+        "std", "d_det[attack.eps=0.5]", "d_det[attack.eps=1.0]"}
+    ev = next(n for n in plan.nodes.values() if n.label == "eval(model=std)")
+    d = plan.describe(ev)
+    assert (d["kind"], d["train_set"], d["arch"], d["norm"], d["eps"], d["steps"], d["seed"]) == (
+        "evaluate", "D", "small_cnn", "l2", 0.5, 2, 0)
+    synth = next(n for n in plan.nodes.values() if n.label == "d_det[attack.eps=1.0]")
+    assert (plan.describe(synth)["eps"], plan.describe(synth)["attack"], plan.describe(synth)["synthesis"]) == (
+        1.0, "l2_eps1_s3", "relabel")
+    retrain = next(n for n in plan.nodes.values() if n.stage == "retrain")
+    assert plan.train_set(retrain) == "D_det" and plan.describe(retrain)["norm"] is None
+
+
+def test_attack_options_at_their_defaults_keep_keys_and_others_change_them():
+    """method, loss and keep_best (added after keys existed) leave node keys as they were at their defaults."""
+    a = build_plan(loads(BASE))
+    same = BASE.replace("attack: {norm: l2, eps: {grid: [0.5, 1.0]}, steps: 3}",
+                        "attack: {norm: l2, eps: {grid: [0.5, 1.0]}, steps: 3, method: pgd, loss: ce, keep_best: false}")
+    assert same != BASE and set(build_plan(loads(same)).nodes) == set(a.nodes)
+    margin = build_plan(loads(BASE.replace("steps: 3}", "steps: 3, loss: margin}")))
+    changed = set(margin.nodes) - set(a.nodes)
+    assert changed and all(margin.nodes[k].stage in ("d_det", "retrain", "probe", "eval") for k in changed)

@@ -1,7 +1,7 @@
 """Promises of the code that single-line breakages used to slip past: each test names the promise it guards.
 
 Everything here is small (tiny linear models, 8x8 fake images, a few dozen examples) and deterministic; the
-file runs in seconds on one CPU core. Where a node function reads data, ``sweeper.stages.load_split`` is
+file runs in seconds on one CPU core. Where a node function reads data, ``sweeper.data_store.load_split`` is
 replaced by a fake 5-class dataset (so that "random" targets are really random and (y+1) mod C wraps around).
 """
 from __future__ import annotations
@@ -13,13 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper import models, stages
+from sweeper import data_store, kinds, models
 from sweeper import store as store_mod
-from sweeper.attacks import AttackConfig, pgd
+from sweeper.attacks import pgd
+from sweeper.kinds import Context
 from sweeper.data import Dataset
 from sweeper.evaluation import evaluate
-from sweeper.plan import build_plan
+from sweeper.plan import build_plan, seed_for
 from sweeper.report import build_rows, markdown, transfer_rows
+from sweeper.schema import AttackConfig, InversionConfig
 from sweeper.spec import loads
 from sweeper.store import Store, provenance
 from sweeper.synthesis import invert
@@ -63,9 +65,9 @@ def _fake_split(n: int, seed: int, onehot: bool = False) -> Dataset:
 
 @pytest.fixture
 def fake_data(monkeypatch):
-    """stages.load_split -> fake 5-class 8x8 images (train: 40 random images; test: 30 one-hot images)."""
+    """data_store.load_split -> fake 5-class 8x8 images (train: 40 random images; test: 30 one-hot images)."""
     splits = {"train": _fake_split(40, 1), "test": _fake_split(30, 2, onehot=True)}
-    monkeypatch.setattr(stages, "load_split", lambda data_spec, split: splits[split])
+    monkeypatch.setattr(data_store, "load_split", lambda data, split: splits[split])
     return splits
 
 
@@ -209,12 +211,13 @@ def test_invert_cosine_step_decay_shrinks_the_steps(steps):
     lrs = [ss * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
     assert abs(sum(lrs) - ss * (steps + 1) / 2) < 1e-9
 
-    _, dist = invert(model, target, init, steps=steps, step_size=ss, step_decay="cosine", bounds=None)
+    cosine = InversionConfig(steps=steps, step_size=ss, step_decay="cosine")
+    _, dist = invert(model, target, init, cosine, bounds=None)
     assert torch.allclose(dist, torch.full((3,), 100.0 - sum(lrs)), atol=1e-3)
-    _, dist = invert(model, target, init, steps=steps, step_size=ss, step_decay="none", bounds=None)
+    _, dist = invert(model, target, init, InversionConfig(steps=steps, step_size=ss, step_decay="none"), bounds=None)
     assert torch.allclose(dist, torch.full((3,), 100.0 - ss * steps), atol=1e-3)
     # step by step: the cosine run after k steps of an n-step schedule is what the schedule says
-    z, _ = invert(model, target, init, steps=steps, step_size=ss, step_decay="cosine", bounds=None)
+    z, _ = invert(model, target, init, cosine, bounds=None)
     assert torch.allclose(z.norm(dim=1), torch.full((3,), 100.0 - sum(lrs)), atol=1e-3)
 
 
@@ -223,21 +226,21 @@ def test_run_shard_inversion_uses_the_nodes_step_decay(fake_data, tmp_path):
     a direct cosine inversion from the same start points and differs from a constant-step one."""
     plan = _plan()
     node = _node(plan, "d_r")
-    assert node.params["inversion"]["step_decay"] == "cosine"
+    inv = node.spec.inversion
+    assert inv.step_decay == "cosine"
     model = _linear_model()
-    data_spec, seed = plan.sweep.data.model_dump(), plan.sweep.seed
+    seed = plan.sweep.seed
     store = Store(str(tmp_path / "s"))
-    stages.run_shard(node, 0, 0, 10, model, data_spec, seed, store, 10)
+    ctx = Context(plan.sweep.data, seed, store, 10)
+    kinds.run_shard(node, 0, 0, 10, model, ctx)
     got, _ = store.load_shard(node.key, 0, size=10)
 
-    x_all, _, _ = stages.synth_inputs(node, data_spec, seed)
+    x_all, _, _ = kinds.synth_inputs(node, ctx)
     from sweeper.synthesis import start_points
-    inv = node.params["inversion"]
-    gen = torch.Generator().manual_seed(stages.seed_for(seed, node.key, 0))
-    x0 = start_points(x_all, 10, "other_image", generator=gen, exclude=torch.arange(0, 10))
-    kw = dict(steps=inv["steps"], step_size=inv["step_size"], loss=inv["loss"], tol=inv["tol"], bounds=(0.0, 1.0))
-    cos, _ = invert(model, x_all[:10], x0, step_decay="cosine", **kw)
-    const, _ = invert(model, x_all[:10], x0, step_decay="none", **kw)
+    gen = torch.Generator().manual_seed(seed_for(seed, node.key, 0))
+    x0, _ = start_points(x_all, 10, "other_image", generator=gen, exclude=torch.arange(0, 10))
+    cos, _ = invert(model, x_all[:10], x0, inv, bounds=(0.0, 1.0))
+    const, _ = invert(model, x_all[:10], x0, inv.model_copy(update={"step_decay": "none"}), bounds=(0.0, 1.0))
     assert torch.allclose(got["x"], cos, atol=1e-6)
     assert not torch.allclose(got["x"], const, atol=1e-4)
 
@@ -289,24 +292,23 @@ def test_run_evaluate_shifted_accuracy_is_against_y_plus_1_mod_c(fake_data, tmp_
     node = _node(plan, "eval", model="std")
     store = Store(str(tmp_path / "s"))
     _save_model(store, node.inputs["model"], _shift_model())
-    data_spec = plan.sweep.data.model_dump()
-    x, y = stages.test_set(data_spec, plan.sweep.seed)
+    x, y = data_store.test_set(plan.sweep.data, plan.sweep.seed)
     assert (y == C - 1).any() and len(y) == 30
-    meta = stages.run_evaluate(node, data_spec, plan.sweep.seed, store)
+    meta = kinds.run_evaluate(node, Context.of(plan, store))
     assert meta["clean_acc"] == 0.0
     assert meta["shifted_acc"] == 1.0
     assert store.load_meta(node.key)["shifted_acc"] == 1.0
 
 
 # --------------------------------------------------------------------------------------- 6. shard seeds
-def _synthesize_in_order(node, order, model, data_spec, seed, store, shard_size, n, global_seed):
-    ranges = stages.shard_ranges(n, shard_size)
+def _synthesize_in_order(node, order, model, ctx, n, global_seed):
+    ranges = kinds.shard_ranges(n, ctx.shard_size)
     for i in order:
         torch.manual_seed(global_seed + i)  # the process-wide RNG differs from run to run
         a, b = ranges[i]
-        stages.run_shard(node, i, a, b, model, data_spec, seed, store, shard_size)
-    stages.finish_synthesis(node, len(ranges), store, 0.0, shard_size)
-    return store.load_tensors(node.key)
+        kinds.run_shard(node, i, a, b, model, ctx)
+    kinds.finish_synthesis(node, len(ranges), ctx, 0.0)
+    return ctx.store.load_tensors(node.key)
 
 
 @pytest.mark.parametrize("stage", ["d_rand", "d_r"])
@@ -317,7 +319,7 @@ def test_shards_are_seeded_from_sweep_seed_node_key_and_index(stage, fake_data, 
     identical tensors."""
     plan = _plan()
     node = _node(plan, stage)
-    data_spec, seed = plan.sweep.data.model_dump(), plan.sweep.seed
+    seed = plan.sweep.seed
     src = Store(str(tmp_path / "src"))
     model = _linear_model(seed=4)
     n, shard_size = 24, 10
@@ -325,23 +327,24 @@ def test_shards_are_seeded_from_sweep_seed_node_key_and_index(stage, fake_data, 
     # which seeds the shards' generators get
     seen = []
     for name in ("relabel", "start_points"):
-        real = getattr(stages, name)
+        real = getattr(kinds, name)
 
         def spy(*a, _real=real, **k):
             seen.append(k["generator"].initial_seed())
             return _real(*a, **k)
-        monkeypatch.setattr(stages, name, spy)
+        monkeypatch.setattr(kinds, name, spy)
 
     runs, seeds = [], []
     for j, order in enumerate([[0, 1, 2], [2, 0, 1], [1, 2, 0]]):
         s = Store(str(tmp_path / f"run{j}"))
-        runs.append(_synthesize_in_order(node, order, model, data_spec, seed, s, shard_size, n, 1000 * j))
+        runs.append(_synthesize_in_order(node, order, model, Context(plan.sweep.data, seed, s, shard_size), n,
+                                         1000 * j))
         seeds.append(dict(zip(order, seen)))
         seen.clear()
     # all at once (run_synthesize loads the source model from the store)
     _save_model(src, node.inputs["source"], model)
     torch.manual_seed(99)
-    stages.run_synthesize(node, data_spec, seed, src, shard_size)
+    kinds.run_synthesize(node, Context(plan.sweep.data, seed, src, shard_size))
     runs.append(src.load_tensors(node.key))
 
     for other in runs[1:]:
@@ -350,7 +353,7 @@ def test_shards_are_seeded_from_sweep_seed_node_key_and_index(stage, fake_data, 
             assert torch.equal(other[k], runs[0][k]), k
     # and the seeds are exactly seed_for(sweep seed, node key, shard index)
     for by_index in seeds:
-        assert by_index == {i: stages.seed_for(seed, node.key, i) for i in range(3)}
+        assert by_index == {i: seed_for(seed, node.key, i) for i in range(3)}
     t = runs[0]
     if stage == "d_rand":  # the randomness is real: targets are not all y+1, starts are random
         assert not torch.equal(t["y"], (t["orig_y"] + 1) % C)
@@ -405,7 +408,7 @@ def test_worst_case_is_the_and_of_per_attack_robust_flags(monkeypatch):
         def name(self):
             return self._name
 
-    monkeypatch.setattr("sweeper.evaluation.pgd", fake_pgd)
+    monkeypatch.setattr("sweeper.evaluation.perturb", fake_pgd)
     res = evaluate(model, x, y, {"a": Cfg("a"), "b": Cfg("b")}, batch_size=5, bounds=None)
     clean = torch.tensor([i < 10 for i in range(n)])
     ra = torch.tensor([i < 10 and i not in breaks["a"] for i in range(n)])
@@ -453,7 +456,7 @@ def test_run_transfer_reads_target_against_new_labels_and_original_against_orig_
     orig[:9] = read[:9]                # 9 of 30 originals are read
     store.save(node.inputs["data"], meta={"kind": "synthesize"},
                tensors={"x": test.x, "y": new_y, "orig_y": orig, "index": torch.arange(30)})
-    meta = stages.run_transfer(node, plan.sweep.data.model_dump(), plan.sweep.seed, store)
+    meta = kinds.run_transfer(node, Context.of(plan, store))
     assert meta["target_rate"] == pytest.approx(24 / 30)
     assert meta["original_rate"] == pytest.approx(9 / 30)
     assert meta["n"] == 30
@@ -533,7 +536,7 @@ def test_report_shifted_accuracy_in_rows_and_table1(tmp_path):
 ])
 def test_wandb_mode_precedence(executor, flag, env, file, want, tmp_path, monkeypatch):
     """Promise: `sweeper run` picks the W&B mode from --wandb, then WANDB_MODE, then run.wandb of the file."""
-    import sweeper.executor as ex
+    import sweeper.engines as ex
     from sweeper.cli import main
 
     text = SWEEP.replace("run: {store: ./store, shard_size: 10}",
@@ -575,3 +578,30 @@ def test_run_help_states_the_wandb_precedence():
     run = next(a for a in _parser()._subparsers._group_actions[0].choices["run"]._actions if "--wandb" in a.option_strings)
     text = " ".join(run.help.split())
     assert text.index("WANDB_MODE") < text.index("run.wandb")
+
+
+# ----------------------------------------------------------------------------------- synthesis start_index
+@pytest.mark.parametrize("stage", ["d_r", "d_det"])
+def test_synthesized_sets_name_the_start_image_of_every_image(stage, fake_data, tmp_path):
+    """Promise: a synthesized set's ``start_index`` is the training-split index of the image each synthesis
+    started from: for inversion from other_image, the other image (never the image itself, and the start points
+    the shards drew); for relabelling, the image itself. Keys do not depend on it."""
+    plan = _plan()
+    node = _node(plan, stage)
+    store = Store(str(tmp_path / "s"))
+    ctx = Context.of(plan, store)
+    _save_model(store, node.inputs["source"], _linear_model())
+    kinds.run_synthesize(node, ctx)
+    t = store.load_tensors(node.key)
+    train = fake_data["train"]
+    assert t["start_index"].dtype == torch.int64 and len(t["start_index"]) == len(t["index"]) == 24
+    if stage == "d_det":
+        assert torch.equal(t["start_index"], t["index"])
+        return
+    assert (t["start_index"] != t["index"]).all() and (t["start_index"] >= 0).all()
+    from sweeper.synthesis import start_points  # the start images the shards drew, by the shards' seeds
+    x_all, _, idx_all = kinds.synth_inputs(node, ctx)
+    for i, (a, b) in enumerate(kinds.shard_ranges(24, ctx.shard_size)):
+        gen = torch.Generator().manual_seed(seed_for(plan.sweep.seed, node.key, i))
+        x0, pos = start_points(x_all, b - a, "other_image", generator=gen, exclude=torch.arange(a, b))
+        assert torch.equal(t["start_index"][a:b], idx_all[pos]) and torch.equal(train.x[t["start_index"][a:b]], x0)

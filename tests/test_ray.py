@@ -49,6 +49,7 @@ def test_sweep_on_ray_head_matches_default_run(ray_head, tmp_path, capsys):
 def test_actor_killed_during_synthesis_costs_only_its_shard(ray_head, tmp_path):
     import ray
 
+    from sweeper.kinds import Context
     from sweeper.shards import ShardPool, synthesize_on_pool
 
     ref_file = write_sweep(tmp_path, "ref")
@@ -60,19 +61,18 @@ def test_actor_killed_during_synthesis_costs_only_its_shard(ray_head, tmp_path):
 
     store = Store(str(tmp_path / "killed"))  # same source model, fresh synthesis
     store.save(source.key, meta=ref.load_meta(source.key), tensors=ref.load_tensors(source.key))
-    data_spec = plan.sweep.data.model_dump()
     ray.init(address=ray_head, log_to_driver=False)
     try:
-        pool = ShardPool(store, data_spec, 0, actors=2, cpus_per_actor=1, threads=1, max_retries=2)
+        pool = ShardPool(store, plan.sweep.data, 0, actors=2, cpus_per_actor=1, threads=1, max_retries=2)
         killed = []
 
         def kill_other(meta):
             if not killed:  # the first finished shard: kill every actor; the pool must replace them
                 for a in list(pool.actors):
                     ray.kill(a, no_restart=True)
-                killed.append(meta["index"])
+                killed.append(meta["shard/index"])
 
-        meta = synthesize_on_pool(pool, synth, data_spec, 0, store, 100, on_shard=kill_other)
+        meta = synthesize_on_pool(pool, synth, Context(plan.sweep.data, 0, store, 100), kill_other)
         pool.shutdown()
     finally:
         ray.shutdown()
@@ -94,14 +94,14 @@ def test_a_shard_that_keeps_failing_fails_the_node_with_a_clear_message(ray_head
     case: the run moves such an artifact aside and computes it again, tests/test_heal.py.)"""
     import torch
 
-    from sweeper import stages
+    from sweeper import kinds
 
     path = write_sweep(tmp_path, "corrupt")
     plan = build_plan(load(path))
     store = Store(str(tmp_path / "corrupt"))
     std = next(n for n in plan.nodes.values() if n.stage == "std")
     synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
-    meta = stages.run_train(std, plan.sweep.data.model_dump(), 0, store)
+    meta = kinds.run_train(std, kinds.Context.of(plan, store))
     store.delete(f"nodes/{std.key}")
     store.save(std.key, meta=meta, tensors={"fc.weight": torch.zeros(3, 3)})
     capsys.readouterr()

@@ -3,7 +3,9 @@ import textwrap
 
 import pytest
 
-from sweeper.spec import ARCHS, SpecError, apply_overrides, expand_stage, load, loads, validate
+from sweeper.errors import SpecError
+from sweeper.schema import ARCHS
+from sweeper.spec import apply_overrides, expand_stage, load, loads, validate
 
 VALID = """
 name: t
@@ -398,3 +400,25 @@ def test_cli_stage_name_and_grid_cap(tmp_path, capsys):
 def test_cli_valid_file_plans(tmp_path, capsys):
     assert main(["plan", str(_write(tmp_path, VALID)), "--store", str(tmp_path / "store")]) == 0
     assert "nodes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("attack, where, words", [
+    ("{norm: l2, eps: inf, steps: 2}", "stages.eval.attacks.0.eps", "finite"),
+    ("{norm: l2, eps: 0.5, steps: 2, restarts: 3}", "stages.eval.attacks.0.restarts", "random_start: true"),
+    ("{norm: l2, eps: 0.5, steps: 2, method: cw}", "stages.eval.attacks.0.method", "apgd-ce"),
+    ("{norm: l2, eps: 0.5, steps: 2, loss: dlr}", "stages.eval.attacks.0.loss", "margin"),
+    ("{norm: l2, eps: 0.5, steps: 2, method: apgd-ce, n_targets: 3}", "stages.eval.attacks.0.n_targets", "apgd-t"),
+])
+def test_attack_options_refused_with_file_and_key(tmp_path, attack, where, words):
+    """An attack value the run could not use is refused at load time, not inside a worker: eps given as the
+    string inf, PGD restarts without a random start (every restart would repeat one run), unknown methods."""
+    e = _err(tmp_path, VALID.replace("attacks: [{norm: l2, eps: 0.5, steps: 2}]", f"attacks: [{attack}]"))
+    assert e.key_path == where and words in e.message, str(e)
+
+
+def test_attack_method_and_loss_load(tmp_path):
+    s = load(_write(tmp_path, VALID.replace("attacks: [{norm: l2, eps: 0.5, steps: 2}]",
+                                            "attacks: [{norm: l2, eps: 0.5, steps: 2, loss: margin}, "
+                                            "{norm: linf, eps: 8/255, steps: 20, method: apgd-ce, restarts: 2}]")))
+    a, b = s.points["eval"][0][1].attacks
+    assert (a.method, a.loss, b.method, b.restarts, b.random_start) == ("pgd", "margin", "apgd-ce", 2, False)

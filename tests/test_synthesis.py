@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper.attacks import AttackConfig
+from sweeper.schema import AttackConfig, InversionConfig
 from sweeper.synthesis import choose_targets, invert, relabel, start_points
 
 
@@ -59,14 +59,15 @@ def test_relabel_hits_match_predictions_and_mode_restored():
 def test_start_points():
     pool = torch.rand(10, 1, 4, 4)
     exclude = torch.arange(10).repeat(5)
-    s = start_points(pool, 50, "other_image", torch.Generator().manual_seed(0), exclude=exclude)
+    s, idx = start_points(pool, 50, "other_image", torch.Generator().manual_seed(0), exclude=exclude)
     assert s.shape == (50, 1, 4, 4)
-    # each start is a pool image, never the excluded one
+    # each start is a pool image, never the excluded one, and index says which
     match = (s.flatten(1)[:, None, :] == pool.flatten(1)[None]).all(-1)
     assert (match.sum(1) == 1).all()
     assert not match[torch.arange(50), exclude].any()
-    noise = start_points(pool, 7, "noise", torch.Generator().manual_seed(0))
-    assert noise.shape == (7, 1, 4, 4) and (noise - 0.5).abs().max() < 0.5
+    assert torch.equal(match.float().argmax(1), idx) and torch.equal(s, pool[idx])
+    noise, idx = start_points(pool, 7, "noise", torch.Generator().manual_seed(0))
+    assert noise.shape == (7, 1, 4, 4) and (noise - 0.5).abs().max() < 0.5 and (idx == -1).all()
     with pytest.raises(ValueError):
         start_points(pool, 3, "bogus")
 
@@ -75,10 +76,10 @@ def test_start_points():
 def test_invert_lowers_distance(loss, decay):
     model, x, _ = _setup(n=16)
     model.train()
-    x_init = start_points(x, 16, "other_image", torch.Generator().manual_seed(1), exclude=torch.arange(16))
+    x_init, _ = start_points(x, 16, "other_image", torch.Generator().manual_seed(1), exclude=torch.arange(16))
     with torch.no_grad():
         d0 = (model.representation(x_init) - model.representation(x)).norm(dim=1)
-    z, d = invert(model, x, x_init, steps=100, step_size=0.05, loss=loss, step_decay=decay)
+    z, d = invert(model, x, x_init, InversionConfig(steps=100, step_size=0.05, loss=loss, step_decay=decay))
     assert model.training
     assert z.shape == x.shape and z.min() >= 0 and z.max() <= 1 and not z.requires_grad
     model.eval()
@@ -91,7 +92,8 @@ def test_invert_lowers_distance(loss, decay):
 
 def test_invert_tol_stops_early_and_zero_steps():
     model, x, _ = _setup(n=4)
-    z0, d0 = invert(model, x, x, steps=0, step_size=0.1)
+    # zero steps: a config the schema refuses (steps >= 1), built unchecked to pin the loop's boundary
+    z0, d0 = invert(model, x, x, InversionConfig.model_construct(steps=0, step_size=0.1))
     assert torch.equal(z0, x) and torch.allclose(d0, torch.zeros(4), atol=1e-6)
     calls = {"n": 0}
     orig = model.representation
@@ -101,5 +103,5 @@ def test_invert_tol_stops_early_and_zero_steps():
         return orig(t)
 
     model.representation = counting
-    invert(model, x, torch.full_like(x, 0.5), steps=500, step_size=1e-6, tol=1e-2)
+    invert(model, x, torch.full_like(x, 0.5), InversionConfig(steps=500, step_size=1e-6, tol=1e-2))
     assert calls["n"] < 100  # stopped after ~11 steps instead of 500

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from sweeper.threat import L2, Linf, Unconstrained, make_threat, parse_eps
+from sweeper.schema import parse_eps  # the one parser of eps: the schema's
+from sweeper.threat import L2, Linf, Unconstrained, make_threat
 
 
 @pytest.mark.parametrize("value,expected", [(0.5, 0.5), (1, 1.0), ("0.5", 0.5), (" 0.25 ", 0.25),
@@ -87,11 +88,13 @@ def test_no_bounds_no_clamp():
 
 
 def test_make_threat():
-    assert isinstance(make_threat("l2", "0.5"), L2)
-    t = make_threat("linf", "8/255")
+    assert isinstance(make_threat("l2", 0.5), L2)
+    t = make_threat("linf", 8 / 255)
     assert isinstance(t, Linf) and math.isclose(t.eps, 8 / 255)
     assert isinstance(make_threat("none", 0.0, bounds=None), Unconstrained)
     with pytest.raises(ValueError):
         make_threat("l1", 0.5)
     with pytest.raises(ValueError):
         make_threat("l2", -1)
+    with pytest.raises(ValueError):  # threat models take numbers: strings are parsed once, by the schema
+        make_threat("linf", "8/255")

@@ -1,9 +1,13 @@
-"""W&B offline runs written by a sweep, read back from their .wandb files and compared with the store."""
+"""W&B offline runs written by a sweep, read back with wandb's own reader and compared with the store; Tune's
+experiment folders read back with Tune's own ExperimentAnalysis."""
+import glob
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from sweeper import tracking
 from sweeper.cli import main
 from sweeper.plan import build_plan
 from sweeper.spec import load
@@ -24,6 +28,31 @@ stages:
           attack: {norm: l2, eps: 2.0, steps: 3, step_size: 0.5}}
   eval: {kind: evaluate, from: [std], attacks: [{norm: l2, eps: 1.0, steps: 3}]}
 """
+WANDB = os.path.join(os.path.dirname(sys.executable), "wandb")
+
+
+def read_offline_run(run_dir: str) -> dict:
+    """{"run": {id, name, group, job_type, tags}, "config", "history": [...], "summary", "console": [lines]} of
+    one offline W&B run, as wandb's own reader prints its records (`wandb leet inspect --json`)."""
+    out = subprocess.run([WANDB, "leet", "inspect", "--json", run_dir], capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    run = {"run": {}, "config": {}, "history": [], "summary": {}, "console": []}
+    for line in out.splitlines():
+        rec = json.loads(line)
+        kind, body = rec["type"], rec.get(rec["type"], {})
+        if kind == "run":
+            run["run"] = {"id": body["run_id"], "name": body.get("display_name"), "group": body.get("run_group"),
+                          "job_type": body.get("job_type"), "tags": body.get("tags", [])}
+            run["config"].update(body.get("config", {}).get("update", {}))
+        elif kind == "config":
+            run["config"].update(body.get("update", {}))
+        elif kind == "history":
+            run["history"].append(body["item"])
+        elif kind == "summary":
+            run["summary"].update(body.get("update", {}))
+        elif kind in ("output_raw", "output"):
+            run["console"].append(body["line"])
+    return run
 
 
 @pytest.fixture
@@ -35,16 +64,27 @@ def sweep_file(tmp_path):
 
 def test_offline_runs_equal_store_metrics(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # must never be written anywhere
-    assert main(["run", str(sweep_file), "--wandb", "offline", "--no-report"]) == 0
+    # a process of its own, as a user runs it: wandb hooks the console once per process, at its import, which
+    # in a pytest process may have happened under another test's captured stdout
+    r = subprocess.run([sys.executable, "-m", "sweeper", "run", str(sweep_file), "--wandb", "offline", "--no-report"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     plan = build_plan(load(sweep_file))
     store = Store(str(tmp_path / "store"))
-    files = tracking.offline_run_files(store.local_path("wandb"))
-    runs = {r["run"]["id"]: r for r in map(tracking.read_offline_run, files)}
+    dirs = sorted(glob.glob(os.path.join(store.local_path("wandb"), "wandb", "offline-run-*")))
+    runs = {r["run"]["id"]: r for r in map(read_offline_run, dirs)}
     assert len(runs) == len(plan.nodes)
+    assert len({r["run"]["name"] for r in runs.values()}) == len(runs)  # unique names: the nodes' labels
     for node in plan.nodes.values():
         run = runs[f"wbtiny-{node.key}"]
-        assert run["run"]["group"] == "wbtiny" and run["run"]["job_type"] == node.stage
+        assert run["run"]["group"] == "wbtiny" and run["run"]["job_type"] == node.kind
+        assert run["run"]["name"] == node.label and {"wbtiny", node.kind} <= set(run["run"]["tags"])
         assert run["config"]["key"] == node.key and run["config"]["kind"] == node.kind
+        assert run["config"]["label"] == node.label and run["config"]["train_set"] == plan.train_set(node)
+        params = run["config"]["params"]  # the node's settings under the sweep file's key names
+        assert "from_" not in params and "from" in params
+        # its console: the line that sums the node up, whichever process ran it
+        assert any(node.label in line for line in run["console"]), run["console"]
         meta = store.load_meta(node.key)
         if node.kind == "train":
             assert run["config"]["train_set"] == "D" and run["config"]["arch"] == "small_cnn"
@@ -62,9 +102,31 @@ def test_offline_runs_equal_store_metrics(sweep_file, tmp_path, monkeypatch):
             assert [i for i, _ in logged] == [m["index"] for m in meta["shard_meta"]] == [0, 1]
             assert [r for _, r in logged] == pytest.approx([m["hit_rate"] for m in meta["shard_meta"]])
             assert all(h["shard/images_per_s"] > 0 and h["shard/attack_loss"] > 0 for h in run["history"])
+            assert run["summary"]["hit_rate"] == pytest.approx(meta["hit_rate"])
+            assert (run["config"]["norm"], run["config"]["eps"], "l2") == ("l2", 2.0, run["run"]["tags"][-1])
         elif node.kind == "evaluate":
             assert run["summary"]["clean_acc"] == pytest.approx(meta["clean_acc"])
             assert run["summary"]["robust/" + meta["robust"][0]["attack"]] == pytest.approx(meta["robust"][0]["acc"])
+            assert meta["robust"][0]["attack"] == "l2_eps1_s3" and run["config"]["attacks"] == ["l2_eps1_s3"]
+    # Tune's experiments read back with Tune alone: a trial per train/evaluate node, its folder named from the
+    # node's label, its config the node's readable settings beside its key
+    from ray.tune import ExperimentAnalysis
+
+    trials = {}
+    for exp in sorted(glob.glob(str(tmp_path / "store" / "tune" / "wbtiny-*"))):
+        for _, row in ExperimentAnalysis(exp).dataframe().iterrows():
+            trials[row["config/key"]] = (exp, row)
+    assert set(trials) == {k for k, n in plan.nodes.items() if n.kind in ("train", "evaluate")}
+    for key, (exp, row) in trials.items():
+        node, about = plan.nodes[key], plan.describe(plan.nodes[key])
+        assert (row["config/label"], row["config/kind"], row["config/train_set"], row["config/arch"]) == (
+            node.label, node.kind, about["train_set"], about["arch"])
+        assert os.path.isdir(os.path.join(exp, f"{node.label}-{key[:8]}"))
+        if node.kind == "evaluate":
+            assert (row["config/norm"], row["config/eps"], row["config/steps"]) == ("l2", 1.0, 3)
+            assert row["clean_acc"] == pytest.approx(store.load_meta(key)["clean_acc"])
+        else:
+            assert row["test_acc"] == pytest.approx(store.load_meta(key)["test_acc"])
     # the API key appears in no file sweeper or W&B wrote under the store
     for root, _, names in os.walk(tmp_path / "store"):
         for n in names:

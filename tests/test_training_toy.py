@@ -14,7 +14,7 @@ D, P = 100, 0.95
 ETA = data.toy_eta(D)
 EPS = 2 * ETA                                   # flips every weak feature on average
 ATTACK = AttackConfig(norm="linf", eps=EPS, steps=10, step_size=EPS / 4)
-CFG = dict(epochs=5, batch_size=128, lr=0.05, momentum=0.9, weight_decay=0.0, schedule="cosine", seed=0)
+CFG = dict(epochs=5, batch_size=128, lr=0.05, momentum=0.9, weight_decay=0.0, schedule="cosine")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _linear(ds, seed=0):
 def standard_model(toy):
     tr, _ = toy
     m = _linear(tr)
-    hist = train(m, tr.x, tr.y, TrainConfig(**CFG), bounds=None)
+    hist = train(m, tr.x, tr.y, TrainConfig(**CFG), seed=0, bounds=None)
     assert len(hist) == CFG["epochs"] and hist[-1]["epoch"] == CFG["epochs"]
     return m.eval()
 
@@ -57,7 +57,7 @@ def test_standard_model_accurate_but_not_robust(toy, standard_model):
 def test_adversarial_training_relies_on_the_robust_feature(toy):
     tr, te = toy
     m = _linear(tr)
-    train(m, tr.x, tr.y, TrainConfig(**CFG, adversarial=ATTACK), bounds=None)
+    train(m, tr.x, tr.y, TrainConfig(**CFG), adversarial=ATTACK, seed=0, bounds=None)
     m.eval()
     res = evaluate(m, te.x, te.y, {"linf": ATTACK}, bounds=None)
     assert abs(res.clean_acc - P) < 0.05
@@ -85,7 +85,7 @@ def test_d_det_teaches_the_true_labels(toy, standard_model):
     with torch.no_grad():
         assert float((standard_model(x_det).argmax(1) == y_det).float().mean()) > 0.8   # the attack hits
     m = _linear(tr, seed=1)
-    train(m, x_det, y_det, TrainConfig(**CFG), bounds=None)
+    train(m, x_det, y_det, TrainConfig(**CFG), seed=0, bounds=None)
     m.eval()
     # every label in D_det is "wrong", yet the non-robust features it carries generalise to the true labels
     assert accuracy(m, te.x, te.y) > 0.80
@@ -104,8 +104,8 @@ def _cnn(seed=0):
     return models.build("small_cnn", num_classes=10, in_shape=(1, 28, 28), mean=(0.286,), std=(0.353,))
 
 
-IMG_CFG = dict(epochs=2, batch_size=64, lr=0.05, schedule="step", step_every=1, gamma=0.5, augment=True,
-               adversarial=AttackConfig(norm="l2", eps=0.5, steps=2, random_start=True), seed=7)
+IMG_CFG = dict(epochs=2, batch_size=64, lr=0.05, schedule="step", step_every=1, gamma=0.5, augment=True)
+IMG_RUN = dict(adversarial=AttackConfig(norm="l2", eps=0.5, steps=2, random_start=True), seed=7)
 
 
 def test_training_is_deterministic_under_a_seed():
@@ -113,28 +113,58 @@ def test_training_is_deterministic_under_a_seed():
     runs = []
     for _ in range(2):
         m = _cnn()
-        hist = train(m, x, y, TrainConfig(**IMG_CFG))
+        hist = train(m, x, y, TrainConfig(**IMG_CFG), **IMG_RUN)
         runs.append((m.state_dict(), hist))
     (sa, ha), (sb, hb) = runs
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
     assert [r["lr"] for r in ha] == pytest.approx([0.05, 0.025])
     m = _cnn()
-    train(m, x, y, TrainConfig(**{**IMG_CFG, "seed": 8, "epochs": 1}))
+    train(m, x, y, TrainConfig(**{**IMG_CFG, "epochs": 1}), **{**IMG_RUN, "seed": 8})
     assert not all(torch.equal(sa[k], m.state_dict()[k]) for k in sa)   # other seed, other run
+
+
+def test_train_resumes_from_a_checkpoint_identically_and_hooks_see_every_epoch():
+    """train(resume=...) continues a checkpoint taken by its on_epoch hook and ends with the weights and rows of
+    an uninterrupted run; numbers a hook adds to an epoch's row stay in the history."""
+    x, y = _images()
+    cfg = TrainConfig(**{**IMG_CFG, "epochs": 3})
+    full = _cnn()
+    want = train(full, x, y, cfg, **IMG_RUN)
+    saved = {}
+
+    class Stop(Exception):
+        pass
+
+    def hook(trainer, history):
+        history[-1]["seen"] = len(history)
+        if trainer.epoch == 1 and not saved:
+            buf = io.BytesIO()
+            torch.save({"trainer": trainer.state_dict(), "history_rows": history}, buf)
+            saved["ckpt"] = buf.getvalue()
+            raise Stop()  # killed after its first epoch's checkpoint
+
+    with pytest.raises(Stop):
+        train(_cnn(), x, y, cfg, on_epoch=hook, **IMG_RUN)
+    resumed = _cnn(seed=5)
+    ckpt = torch.load(io.BytesIO(saved["ckpt"]), weights_only=True)
+    got = train(resumed, x, y, cfg, resume=ckpt, on_epoch=hook, **IMG_RUN)
+    assert [r["epoch"] for r in got] == [1, 2, 3] and [r["seen"] for r in got] == [1, 2, 3]
+    assert [r["train_loss"] for r in got] == [r["train_loss"] for r in want]
+    assert all(torch.equal(full.state_dict()[k], resumed.state_dict()[k]) for k in full.state_dict())
 
 
 def test_state_dict_round_trips_and_resumes_identically():
     x, y = _images()
     cfg = TrainConfig(**IMG_CFG)
-    a = Trainer(_cnn(), x, y, cfg)
+    a = Trainer(_cnn(), x, y, cfg, **IMG_RUN)
     a.run_epoch()
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
     assert state["epoch"] == 1
-    b = Trainer(_cnn(seed=123), x, y, cfg)          # different init: everything must come from the state
+    b = Trainer(_cnn(seed=123), x, y, cfg, **IMG_RUN)  # different init: everything must come from the state
     b.load_state_dict(state)
     assert b.epoch == 1
     ra, rb = a.run_epoch(), b.run_epoch()
@@ -149,9 +179,13 @@ def test_run_epoch_row_and_config_validation():
     assert set(row) >= {"epoch", "train_loss", "train_acc", "lr", "images_per_s"}
     assert row["epoch"] == 1 and row["lr"] == 0.1 and row["images_per_s"] > 0 and 0 <= row["train_acc"] <= 1
     for bad in ({"optimizer": "rmsprop"}, {"schedule": "linear"}, {"lr": -1.0}, {"batch_size": 0},
-                {"epochs": 1.5}, {"adversarial": {"norm": "l2"}}):
+                {"epochs": 1.5}, {"momentum": 1.0}):
         with pytest.raises(ValueError):
-            TrainConfig(**bad)
+            TrainConfig(**{"epochs": 1, **bad})
+    with pytest.raises(ValueError):
+        TrainConfig()  # epochs has no default
+    with pytest.raises(ValueError):
+        Trainer(_cnn(), x, y, TrainConfig(epochs=1), adversarial={"norm": "l2"})
     m = _cnn()
     train(m, x, y, TrainConfig(epochs=1, optimizer="adam", lr=1e-3, schedule="cosine"))
 

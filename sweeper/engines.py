@@ -1,26 +1,29 @@
-"""Runs a plan wave by wave, skipping nodes whose artifacts are already in the store.
+"""The engines: run a plan's nodes that are not done yet, in this process or on Ray, through the kind table.
 
-Re-running the same sweep resumes: finished nodes are skipped, finished synthesis shards are kept, and a
-training node continues from its last per-epoch checkpoint.
+``run_plan`` computes every node in this process (``--executor local``). ``run_plan_ray`` runs wave by wave:
+each kind where ``kinds.KINDS[kind].engine`` says, synthesis on an actor pool (``shards``), train/evaluate as
+Tune trials (``tuning``), transfer probes in the driver. Both skip finished nodes, take a lease per node so that
+several drivers on one store compute each node once, check the sha256 of what they read first, and end only
+when every node is verified done. Re-running the same sweep resumes: finished nodes are skipped, finished
+synthesis shards are kept, and a training node continues from its last per-epoch checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from . import stages, tracking
+from . import tracking
 from .data_store import resolve_data_root
-from .plan import Plan
+from .errors import ClusterError, Incomplete, stop_on_signals
+from .kinds import KINDS, Context, advance, execute
 from .leases import Leases
+from .plan import Node, Plan
 from .store import Store
 
 Log = Callable[[str], None]
@@ -28,44 +31,6 @@ Log = Callable[[str], None]
 
 def _default_log(msg: str) -> None:
     print(msg, flush=True)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: the run stops where it is; what finished is in the store."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-RECEIVED: list[int] = []  # the signals stop_on_signals() turned into Interrupted, in order
-
-
-class Incomplete(RuntimeError):
-    """The run ended but some node it was asked for is not done in the store (no intact manifest whose files
-    are all there with their sizes; the inputs it read were sha256-checked by verify_reads)."""
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """While running: SIGINT, SIGTERM and SIGHUP (a closed terminal) raise :class:`Interrupted` in the main thread (Ray's driver turns SIGTERM
-    into a bare exit, and Ray Tune would catch SIGINT and end "gracefully"); the old handlers come back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        RECEIVED.append(signum)  # Ray's wait loops re-raise any exception from a handler as a bare KeyboardInterrupt
-        raise Interrupted(signum)
-
-    RECEIVED.clear()
-    sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    old = {sig: signal.signal(sig, handler) for sig in sigs}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def verify_reads(plan: Plan, store: Store, log: Log) -> list[str]:
@@ -97,6 +62,31 @@ def check_done(plan: Plan, store: Store) -> None:
                          f"{' ...' if len(missing) > 5 else ''}")
 
 
+class Bar:
+    """One node's progress in its kind's unit: a bar on a terminal; in a log, a line at every quarter."""
+
+    def __init__(self, node: Node, ctx: Context, quiet: bool, log: Log, indent: str = ""):
+        kind = KINDS[node.kind]
+        self.label, self.quiet, self.log, self.unit = node.label, quiet, log, kind.unit
+        self.total = kind.size(node, ctx)
+        self.bar = tqdm(total=self.total, desc=f"{indent}{node.label}", unit=kind.unit, disable=quiet, leave=False)
+        self.done, self.t0, self.quarter = 0, time.time(), 0
+
+    def __call__(self, event: dict) -> None:
+        self.bar.update(advance(event))
+        self.done += advance(event)
+        if "test_acc" in event:
+            self.bar.set_postfix(loss=f"{event['train_loss']:.3f}", test=f"{event['test_acc']:.3f}")
+        if self.quiet and self.total > 1 and self.done < self.total and 4 * self.done // self.total > self.quarter:
+            self.quarter = 4 * self.done // self.total
+            rate = self.done / max(time.time() - self.t0, 1e-9)
+            self.log(f"  {self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- local
 def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int | None = None,
              wandb_mode: str | None = None) -> dict:
     """Execute every node of ``plan`` not yet done, in this process. Returns counts of work done/skipped.
@@ -108,6 +98,7 @@ def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int 
         torch.set_num_threads(threads)
     store.claim()
     store.clean_tmp()
+    ctx = Context.of(plan, store)
     done, ran = 0, 0
     quiet = not sys.stderr.isatty()
     total = len(plan.nodes)
@@ -141,11 +132,13 @@ def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int 
                             progressed = True
                             continue
                         t0 = time.time()
-                        log(f"[{i}/{total}] {node.kind:<10} {node.label} ({node.key}) ...")
-                        with tracking.tracked(plan, node, store, wandb_mode) as wb:
-                            summary = _run_node(plan, node, store, wb, quiet)
+                        with tracking.tracked(plan, node, store, wandb_mode) as wb:  # W&B keeps these lines too
+                            log(f"[{i}/{total}] {node.kind:<10} {node.label} ({node.key}) ...")
+                            bar = Bar(node, ctx, quiet, log)
+                            meta = execute(node, ctx, wb, progress=bar)
+                            bar.close()
+                            log(f"    {KINDS[node.kind].summary(meta)} [{time.time() - t0:.1f} s]")
                         ran += 1
-                        log(f"    {summary} [{time.time() - t0:.1f} s]")
                     finally:
                         leases.release(node.key)
                     pending.remove((i, node))
@@ -159,79 +152,34 @@ def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int 
     return {"ran": ran, "skipped": done, "total": total}
 
 
-def _run_node(plan: Plan, node, store: Store, wb, quiet: bool) -> str:
-    """One node in this process; returns a one-line summary. Curves go to ``wb`` (a tracking.NodeRun)."""
-    data_spec, seed = plan.sweep.data.model_dump(), int(plan.sweep.seed)
-    shard_size = int(plan.sweep.run.shard_size)
-    if node.kind == "train":
-        bar = tqdm(total=int(node.params["train"]["epochs"]), desc=node.label, unit="epoch",
-                   disable=quiet, leave=False)
-        meta = stages.run_train(node, data_spec, seed, store, curve=plan.robust_curve(node),
-                                on_epoch=lambda row: (bar.update(1), wb.log(row, step=row["epoch"]),
-                                                      bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                                                                      test=f"{row['test_acc']:.3f}")))
-        bar.close()
-        summary = f"test acc {meta['test_acc']:.3f}"
-    elif node.kind == "synthesize":
-        n = len(stages.synth_inputs(node, data_spec, seed)[1])
-        bar = tqdm(total=n, desc=node.label, unit="img", disable=quiet, leave=False)
-        meta = stages.run_synthesize(node, data_spec, seed, store, shard_size,
-                                     on_shard=lambda m: (bar.update(m["n"]), wb.log(_shard_metrics(m))))
-        bar.close()
-        summary = (f"hit rate {meta['hit_rate']:.3f}" if "hit_rate" in meta
-                   else f"mean feature distance {meta['mean_dist']:.3f}")
-    elif node.kind == "evaluate":
-        meta = stages.run_evaluate(node, data_spec, seed, store)
-        wb.log(eval_metrics(meta))
-        summary = f"clean {meta['clean_acc']:.3f} " + " ".join(
-            f"{r['attack']} {r['acc']:.3f}" for r in meta["robust"])
-    elif node.kind == "transfer":
-        meta = stages.run_transfer(node, data_spec, seed, store)
-        wb.log({"target_rate": meta["target_rate"], "original_rate": meta["original_rate"]})
-        summary = f"reads target {meta['target_rate']:.3f}, original {meta['original_rate']:.3f}"
-    else:  # the spec refuses other kinds; reaching here is a bug
-        raise AssertionError(f"unknown node kind {node.kind!r}")
-    return summary
-
-
-def _shard_metrics(m: dict) -> dict:
-    keys = ("index", "n", "images_per_s", "hit_rate", "attack_loss", "mean_dist")
-    return {f"shard/{k}": m[k] for k in keys if k in m}
-
-
-def eval_metrics(meta: dict) -> dict:
-    out = {"clean_acc": meta["clean_acc"], "shifted_acc": meta["shifted_acc"]}
-    out.update({f"robust/{r['attack']}": r["acc"] for r in meta["robust"]})
-    if meta.get("worst_acc") is not None:
-        out["worst_acc"] = meta["worst_acc"]
-    return out
-
-
-class ShardProgress:
-    """Shards done / total and images/s: a bar on a terminal, a line at every quarter in a log."""
-
-    def __init__(self, label: str, n_images: int, shard_size: int, quiet: bool, log: Log):
-        self.label, self.total, self.quiet, self.log = label, -(-n_images // shard_size), quiet, log
-        self.bar = tqdm(total=n_images, desc=f"  {label}", unit="img", disable=quiet, leave=False)
-        self.done, self.images, self.t0 = 0, 0, time.time()
-
-    def __call__(self, meta: dict) -> None:
-        self.bar.update(meta["n"])
-        self.done += 1
-        self.images += meta["n"]
-        if self.quiet and self.done < self.total and self.done % max(1, self.total // 4) == 0:
-            rate = self.images / max(time.time() - self.t0, 1e-9)
-            self.log(f"  {self.label}: {self.done}/{self.total} shards, {rate:.0f} img/s")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
+# ------------------------------------------------------------------------------------------------ Ray
 def local_address() -> str:
     """Where `sweeper run` without --address runs: RAY_ADDRESS when set (as in a Ray job), else a new local Ray."""
-    import os
-
     return os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _init_ray(address: str | None, num_cpus: int | None, log: Log) -> None:
+    import ray
+
+    address = address or local_address()
+    local = address == "local"
+    if not local:  # joining a running cluster: token authentication as the cluster needs it (rayauth)
+        from .rayauth import prepare_join
+
+        prepare_join(address)
+    try:
+        ray.init(address=address, num_cpus=num_cpus if local else None, include_dashboard=False,
+                 object_store_memory=(512 << 20) if local else None,  # tensors go through the store, not Ray
+                 log_to_driver=False, configure_logging=False)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+        if local:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {first}; is the cluster up and the "
+                           "address its head's GCS address (HOST:PORT of `ray start --head --port`)?") from None
+    res = ray.cluster_resources()
+    log(f"Ray: {'local, started by sweeper' if local else address}; {res.get('CPU', 0):g} CPU, "
+        f"{res.get('GPU', 0):g} GPU, {len([n for n in ray.nodes() if n['Alive']])} node(s)")
 
 
 def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: Log = _default_log,
@@ -243,39 +191,16 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     in the driver. Progress bars show shards and epochs on a terminal; elsewhere one line per finished unit.
     """
     plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
-    import os
-
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    run = plan.sweep.run
     quiet = not sys.stderr.isatty()
     store.claim()
     store.clean_tmp()
-    leases = Leases(store, run.lease_ttl)  # its warnings go to stderr
+    leases = Leases(store, plan.sweep.run.lease_ttl)  # its warnings go to stderr
     started = not ray.is_initialized()
     if started:
-        address = address or local_address()
-        local = address == "local"
-        if not local:  # joining a running cluster: token authentication as the cluster needs it (rayauth)
-            from .cluster import ClusterError
-            from .rayauth import prepare_join
-
-            prepare_join(address)
-        try:
-            ray.init(address=address, num_cpus=num_cpus if local else None, include_dashboard=False,
-                     object_store_memory=(512 << 20) if local else None,  # tensors go through the store, not Ray
-                     log_to_driver=False, configure_logging=False)
-        except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
-            if local:
-                raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-            raise ClusterError(f"cannot join the Ray cluster at {address}: {first}; is the cluster up and the "
-                               "address its head's GCS address (HOST:PORT of `ray start --head --port`)?") from None
-        res = ray.cluster_resources()
-        log(f"Ray: {'local, started by sweeper' if local else address}; {res.get('CPU', 0):g} CPU, "
-            f"{res.get('GPU', 0):g} GPU, {len([n for n in ray.nodes() if n['Alive']])} node(s)")
+        _init_ray(address, num_cpus, log)
     ran = skipped = 0
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C stops the run (stop_on_signals), not just Tune
     try:
@@ -325,51 +250,47 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
 
 
 def _run_wave(plan: Plan, todo: list, store: Store, wandb_mode: str | None, log: Log, quiet: bool) -> None:
-    """The nodes of one wave that this driver holds the leases of: synthesis on an actor pool, train/evaluate
-    as one Tune experiment, transfer probes here."""
+    """The nodes of one wave that this driver holds the leases of, each where its kind's engine says: the
+    synthesis actor pool, one Tune experiment, or here in the driver."""
     from .tuning import run_trials
 
-    data_spec, seed = plan.sweep.data.model_dump(), int(plan.sweep.seed)
-    synth = [n for n in todo if n.kind == "synthesize"]
-    if synth:
-        _synthesize_wave(plan, synth, store, wandb_mode, log, quiet)
-    trials = [n for n in todo if n.kind in ("train", "evaluate")]
-    if trials:
+    ctx = Context.of(plan, store)
+    on = {engine: [n for n in todo if KINDS[n.kind].engine == engine] for engine in ("pool", "tune", "driver")}
+    if on["pool"]:
+        _synthesize_wave(plan, on["pool"], ctx, wandb_mode, log, quiet)
+    if on["tune"]:
         t0 = time.time()
-        run_trials(trials, plan=plan, store=store, run_spec=plan.sweep.run, wandb_mode=wandb_mode, log=log,
+        run_trials(on["tune"], plan=plan, store=store, run_spec=plan.sweep.run, wandb_mode=wandb_mode, log=log,
                    quiet=quiet)
-        log(f"  {len(trials)} Tune trial(s) in {time.time() - t0:.1f} s")
-    for node in [n for n in todo if n.kind == "transfer"]:
+        log(f"  {len(on['tune'])} Tune trial(s) in {time.time() - t0:.1f} s")
+    for node in on["driver"]:
         with tracking.tracked(plan, node, store, wandb_mode) as wb:
-            m = stages.run_transfer(node, data_spec, seed, store)
-            wb.log({"target_rate": m["target_rate"], "original_rate": m["original_rate"]})
-        log(f"  transfer {node.label}: reads target {m['target_rate']:.3f}, original "
-            f"{m['original_rate']:.3f}")
+            meta = execute(node, ctx, wb)
+            log(f"  {node.kind} {node.label}: {KINDS[node.kind].summary(meta)}")
 
 
-def _synthesize_wave(plan: Plan, nodes: list, store: Store, wandb_mode: str | None, log: Log, quiet: bool) -> None:
+def _synthesize_wave(plan: Plan, nodes: list, ctx: Context, wandb_mode: str | None, log: Log, quiet: bool) -> None:
     """A wave's synthesis nodes on one actor pool. The pool lives for this wave only: its actors hold the
     CPUs/GPUs that the wave's Tune trials need next."""
     import ray
 
     from .shards import ShardPool, synthesize_on_pool
 
-    run, data_spec, seed = plan.sweep.run, plan.sweep.data.model_dump(), int(plan.sweep.seed)
-    pool = ShardPool(store, data_spec, seed, actors=synthesis_actors(run, ray.cluster_resources()),
+    run = plan.sweep.run
+    pool = ShardPool(ctx.store, ctx.data, ctx.seed, actors=synthesis_actors(run, ray.cluster_resources()),
                      cpus_per_actor=float(run.cpus_per_trial), gpus_per_actor=_synth_gpus(run),
                      threads=int(max(1, run.cpus_per_trial)), log=log)
     try:
         for node in nodes:
             t0 = time.time()
-            n = len(stages.synth_inputs(node, data_spec, seed)[1])
-            progress = ShardProgress(node.label, n, int(run.shard_size), quiet, log)
-            with tracking.tracked(plan, node, store, wandb_mode) as wb:
-                meta = synthesize_on_pool(pool, node, data_spec, seed, store, int(run.shard_size),
-                                          on_shard=lambda m: (progress(m), wb.log(_shard_metrics(m))))
-            progress.close()
-            dt = time.time() - t0
-            log(f"  synthesize {node.label}: {meta['n']} images, {meta['shards']} shards in {dt:.1f} s "
-                f"({meta['n'] / max(dt, 1e-9):.0f} img/s)")
+            bar = Bar(node, ctx, quiet, log, indent="  ")
+            with tracking.tracked(plan, node, ctx.store, wandb_mode) as wb:
+                meta = execute(node, ctx, wb, progress=bar,
+                               run=lambda n, c, p: synthesize_on_pool(pool, n, c, p))
+                bar.close()
+                dt = time.time() - t0
+                log(f"  synthesize {node.label}: {KINDS[node.kind].summary(meta)} in {dt:.1f} s "
+                    f"({meta['n'] / max(dt, 1e-9):.0f} img/s)")
         if pool.replaced:
             log(f"  {pool.replaced} synthesis actor(s) were lost and replaced; their shards were retried")
     finally:
