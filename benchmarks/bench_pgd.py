@@ -18,6 +18,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from _results import record  # noqa: E402
 from sweeper.attacks import AttackConfig, pgd  # noqa: E402
 
 
@@ -64,6 +65,7 @@ def main() -> None:
     }
     print(f"device={device} torch={torch.__version__} torchattacks={torchattacks.__version__} "
           f"threads={torch.get_num_threads()} batch={args.batch} steps={args.steps} repeats={args.repeats}")
+    rows, figures = [], {}
     print(f"{'attack':<6} {'sweeper_s':>10} {'torchattacks_s':>15} {'ratio ta/sw':>12} {'max|diff|':>10}")
     for name, (cfg, atk) in cases.items():
         ours = pgd(model, x, y, cfg)  # warm-up + correctness check
@@ -79,6 +81,14 @@ def main() -> None:
                 t_sw.append(_time(lambda: pgd(model, x, y, cfg), device))
         m_sw, m_ta = statistics.median(t_sw), statistics.median(t_ta)
         print(f"{name:<6} {m_sw:>10.4f} {m_ta:>15.4f} {m_ta / m_sw:>12.3f} {diff:>10.2e}")
+        rows.append([name, round(m_sw, 4), round(m_ta, 4), round(m_ta / m_sw, 3), f"{diff:.1e}"])
+        figures[f"speed_ratio_torchattacks_over_sweeper_{name}"] = round(m_ta / m_sw, 3)
+    record("bench_pgd", title="sweeper's PGD against torchattacks' PGD / PGDL2: median wall time, same model, "
+           "batch and steps (ratio >= 1: sweeper is not slower).", figures=figures,
+           params={"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch,
+                   "steps": args.steps, "repeats": args.repeats},
+           tables=[{"header": ["attack", "sweeper s", "torchattacks s", "ratio ta/sw", "max abs diff"], "rows": rows}],
+           extra_packages=["torchattacks"])
 
 
 if __name__ == "__main__":

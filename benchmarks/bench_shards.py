@@ -26,7 +26,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from sweeper import stages  # noqa: E402
+from _results import record  # noqa: E402
+from sweeper import kinds  # noqa: E402
 from sweeper.plan import build_plan  # noqa: E402
 from sweeper.shards import ShardPool, synthesize_on_pool  # noqa: E402
 from sweeper.spec import loads  # noqa: E402
@@ -54,11 +55,11 @@ def main() -> None:
     text = SWEEP.replace("STORE", root).replace("size: N", f"size: {args.n}").replace("STEPS", str(args.steps))
     plan = build_plan(loads(text))
     store = Store(root)
-    data_spec = plan.sweep.data.model_dump()
+    ctx = kinds.Context(plan.sweep.data, int(plan.sweep.seed), store, shard_size=args.shard)
     src = next(n for n in plan.nodes.values() if n.kind == "train")
     synth = next(n for n in plan.nodes.values() if n.kind == "synthesize")
     torch.set_num_threads(2)
-    stages.run_train(src, data_spec, 0, store)
+    kinds.run_train(src, ctx)
 
     configs = {"A": dict(actors=1, cpus_per_actor=1, threads=1), "B": dict(actors=2, cpus_per_actor=1, threads=1),
                "C": dict(actors=1, cpus_per_actor=2, threads=2)}
@@ -71,8 +72,8 @@ def main() -> None:
             store.delete(f"shards/{synth.key}")
             store.delete(f"nodes/{synth.key}")
             t0 = time.perf_counter()
-            pool = ShardPool(store, data_spec, 0, **configs[name])
-            synthesize_on_pool(pool, synth, data_spec, 0, store, args.shard)
+            pool = ShardPool(store, ctx.data, ctx.seed, **configs[name])
+            synthesize_on_pool(pool, synth, ctx)
             walls[name].append(time.perf_counter() - t0)
             pool.shutdown()
             x = store.load_tensors(synth.key)["x"]
@@ -88,6 +89,15 @@ def main() -> None:
     print(f"  A 1 actor  x 1 thread : {rate['A']:7.1f} img/s")
     print(f"  B 2 actors x 1 thread : {rate['B']:7.1f} img/s   B/A = {rate['B'] / rate['A']:.2f} (target >= 1.7)")
     print(f"  C 1 actor  x 2 threads: {rate['C']:7.1f} img/s   B/C = {rate['B'] / rate['C']:.2f}")
+    labels = {"A": "A: 1 actor x 1 thread", "B": "B: 2 actors x 1 thread", "C": "C: 1 actor x 2 threads"}
+    record("bench_shards", title="Synthesis on the Ray actor pool (targeted L2 PGD relabelling; wall time includes "
+           "actor start and model load; order A B C C B A; the synthesized images were identical in every "
+           "configuration). Target B/A >= 1.7.",
+           figures={"B_over_A": round(rate["B"] / rate["A"], 3), "B_over_C": round(rate["B"] / rate["C"], 3)},
+           params={"images": args.n, "shard": args.shard, "steps": args.steps},
+           tables=[{"header": ["configuration", "img/s", "wall s (runs)"],
+                    "rows": [[labels[k], round(rate[k], 1), ", ".join(f"{w:.1f}" for w in walls[k])]
+                             for k in "ABC"]}])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 TOY = ROOT / "search_spaces" / "toy.yaml"
 
+from _results import record  # noqa: E402
+
 
 def per_call(server) -> list[tuple[str, dict]]:
     import torch
@@ -66,7 +68,8 @@ def main() -> None:
     try:
         print("## Requests per call on the S3 server (moto, loopback)\n")
         print("| call | requests |\n|---|---|")
-        for name, counts in per_call(server):
+        calls = per_call(server)
+        for name, counts in calls:
             print(f"| {name} | {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) |")
 
         n_nodes = len(build_plan(load(TOY)).nodes)
@@ -92,6 +95,29 @@ def main() -> None:
             print(f"\nS3 run: {total} requests ({', '.join(f'{k} {v}' for k, v in sorted(r.items()))}), "
                   f"{total / n_nodes:.0f} per node of the plan; by store area: "
                   + ", ".join(f"{k} {v} ({v / n_nodes:.0f}/node)" for k, v in sorted(areas.items(), key=lambda kv: -kv[1])))
+        total = sum(sum(r.values()) for r, _ in reqs) / len(reqs)
+        areas_mean: dict[str, float] = {}
+        for _, areas in reqs:
+            for k, v in areas.items():
+                areas_mean[k] = areas_mean.get(k, 0) + v / len(reqs)
+        figures = {"toy_s3_over_local": round(s3 / local, 3), "toy_requests_per_node": round(total / n_nodes, 1)}
+        figures.update({f"requests_{key}": sum(c.values()) for key, (_, c) in
+                        zip(("save", "is_done", "load_meta_and_tensors", "is_done_missing"), calls)})
+        record("bench_store", title="The store on an S3 API (moto on loopback, request counter) against local disk: "
+               "requests per call, and the toy sweep through `sweeper run` (a local Ray, W&B offline), "
+               "order A B B A, each on a fresh store.", figures=figures, params={"toy_nodes": n_nodes},
+               tables=[{"title": "Requests per call on the S3 server:", "header": ["call", "requests", "by method"],
+                        "rows": [[name, sum(c.values()), ", ".join(f"{k} {v}" for k, v in sorted(c.items()))]
+                                 for name, c in calls]},
+                       {"title": f"The toy sweep ({n_nodes} nodes):", "header": ["store", "wall (mean of 2)", "runs"],
+                        "rows": [["A: local disk", f"{local:.1f} s", ", ".join(f"{w:.1f}" for w in walls["local"])],
+                                 ["B: S3 (moto, loopback)", f"{s3:.1f} s",
+                                  ", ".join(f"{w:.1f}" for w in walls["s3"])]]},
+                       {"title": "Requests of an S3 toy run by store area (mean of the 2 S3 runs):",
+                        "header": ["store area", "requests", "per node"],
+                        "rows": [[k, round(v), round(v / n_nodes, 1)]
+                                 for k, v in sorted(areas_mean.items(), key=lambda kv: -kv[1])]}],
+               extra_packages=["moto"])
     finally:
         server.stop()
 

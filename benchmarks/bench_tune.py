@@ -4,7 +4,7 @@ Each trial trains small_cnn on M Fashion-MNIST images for E epochs (robust curve
 timed). Measured in one run, every configuration on a fresh store, in the order A B C D D C B A (the mean of
 the two runs of each is reported, so a machine that slows down or speeds up during the run is evened out):
 
-  A loop-1   stages.run_train N times in this process, 1 torch thread
+  A loop-1   kinds.run_train N times in this process, 1 torch thread
   B tune-1   the same N nodes as one Tune experiment, 1 trial at a time, 1 CPU and 1 thread per trial
   C tune-2   2 concurrent trials, 1 CPU and 1 thread each (what `sweeper run` does on this 2-core machine)
   D loop-2   the loop with 2 torch threads (what one would run without Ray)
@@ -27,8 +27,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from sweeper import stages  # noqa: E402
+from _results import record  # noqa: E402
+from sweeper import data_store, kinds  # noqa: E402
 from sweeper.plan import build_plan  # noqa: E402
+from sweeper.schema import DataSpec  # noqa: E402
 from sweeper.spec import loads  # noqa: E402
 from sweeper.store import Store  # noqa: E402
 from sweeper.tuning import run_trials  # noqa: E402
@@ -48,10 +50,10 @@ def run_loop(trials, images, epochs, threads) -> float:
     root = tempfile.mkdtemp(prefix="sweeper-bench-tune-")
     plan, store = plan_for(root, trials, images, epochs, 1), Store(root)
     torch.set_num_threads(threads)
-    data_spec = plan.sweep.data.model_dump()
+    ctx = kinds.Context.of(plan, store)
     t0 = time.perf_counter()
     for node in plan.nodes.values():
-        stages.run_train(node, data_spec, 0, store)
+        kinds.run_train(node, ctx)
     return time.perf_counter() - t0
 
 
@@ -73,7 +75,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     args = ap.parse_args()
     n, m, e = args.trials, args.images, args.epochs
-    stages.load_split({"dataset": "fashion_mnist"}, "train")  # the loop's data load is not timed; Tune's is
+    # the loop's data load is not timed; Tune's is
+    data_store.load_split(DataSpec(dataset="fashion_mnist"), "train")
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=256 << 20)
@@ -99,6 +102,21 @@ def main() -> None:
     print(f"  fixed cost per trial (1-epoch, 200-image trials): tune {w['tiny-tune'] / n:.1f} s vs loop "
           f"{w['tiny-loop'] / n:.2f} s -> {(w['tiny-tune'] - w['tiny-loop']) / n:.1f} s per trial")
     print(f"  ray.init (local, once per sweeper run): {init_s:.1f} s")
+    labels = {"loop-1": "A: loop, 1 thread", "tune-1": "B: Tune, 1 trial at a time, 1 thread",
+              "tune-2": "C: Tune, 2 concurrent trials x 1 thread", "loop-2": "D: loop, 2 threads"}
+    record("bench_tune", title="N training trials through Ray Tune against the same function in a loop "
+           "(order A B C D D C B A, mean of 2); the fixed costs. Target B/A <= 1.10.",
+           figures={"tune1_over_loop1": round(w["tune-1"] / w["loop-1"], 3),
+                    "tune_overhead_s_per_trial": round((w["tune-1"] - w["loop-1"]) / n, 2),
+                    "tune2_over_loop2": round(w["tune-2"] / w["loop-2"], 3),
+                    "fixed_cost_s_per_trial_tiny": round((w["tiny-tune"] - w["tiny-loop"]) / n, 2),
+                    "ray_init_s": round(init_s, 2)},
+           params={"trials": n, "images": m, "epochs": e},
+           tables=[{"header": ["configuration", "wall s (mean of 2)", "runs", "s per trial"],
+                    "rows": [[labels[k], round(w[k], 1), ", ".join(f"{x:.1f}" for x in walls[k]), round(w[k] / n, 1)]
+                             for k in labels]
+                    + [[f"tiny: {n} x (1 epoch, 200 images), {how}", round(w[k], 2), "", round(w[k] / n, 2)]
+                       for how, k in (("loop", "tiny-loop"), ("Tune", "tiny-tune"))]}])
 
 
 if __name__ == "__main__":

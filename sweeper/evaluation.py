@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .attacks import perturb
 from .schema import AttackConfig
 
-__all__ = ["EvalResult", "accuracy", "evaluate", "check_model"]
+__all__ = ["EvalResult", "accuracy", "evaluate", "check_model", "worst_by_ball", "ball_name"]
 
 
 @dataclass
@@ -21,6 +21,34 @@ class EvalResult:
     clean_flags: Tensor                      # bool (N,): clean prediction correct
     robust_flags: dict[str, Tensor] = field(default_factory=dict)   # bool (N,): clean AND correct under attack
     n: int = 0
+    worst_by_ball: dict[str, dict] = field(default_factory=dict)    # see worst_by_ball()
+
+
+def ball_name(norm: str, eps: float) -> str:
+    return f"{norm}_eps{eps:g}"
+
+
+def worst_by_ball(attacks: dict[str, AttackConfig], flags: dict[str, Tensor]) -> dict[str, dict]:
+    """Per threat ball (norm, eps) of the listed attacks: robust accuracy as the per-example worst case over
+    every attack of that norm with eps <= the ball's (a perturbation inside a smaller ball is inside this one).
+
+    Returns {ball: {"norm", "eps", "acc", "attacks": [names], "pgd_acc": the best-reading PGD attack at exactly
+    this eps (None without one), "gap": pgd_acc - acc}}: the gap is how optimistic PGD alone would have been.
+    """
+    out: dict[str, dict] = {}
+    for norm, eps in sorted({(a.norm, a.eps) for a in attacks.values()}):
+        names = [k for k, a in attacks.items() if a.norm == norm and a.eps <= eps]
+        w = flags[names[0]].clone()
+        for k in names[1:]:
+            w &= flags[k]
+        n = len(w)
+        acc = float(w.float().mean()) if n else float("nan")
+        pgd = [float(flags[k].float().mean()) for k, a in attacks.items()
+               if a.norm == norm and a.eps == eps and a.method == "pgd"] if n else []
+        pgd_acc = max(pgd) if pgd else None
+        out[ball_name(norm, eps)] = {"norm": norm, "eps": eps, "acc": acc, "attacks": names, "pgd_acc": pgd_acc,
+                                     "gap": (pgd_acc - acc) if pgd_acc is not None else None}
+    return out
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -102,4 +130,5 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: dict[str, AttackCo
         worst = float(w.float().mean()) if n else float("nan")
     mean = (lambda f: float(f.float().mean())) if n else (lambda f: float("nan"))
     return EvalResult(clean_acc=mean(clean), robust_acc={k: mean(v) for k, v in robust.items()},
-                      worst_acc=worst, clean_flags=clean, robust_flags=robust, n=n)
+                      worst_acc=worst, clean_flags=clean, robust_flags=robust, n=n,
+                      worst_by_ball=worst_by_ball(attacks, robust))

@@ -339,11 +339,12 @@ def paper_bar_reference(paper: Mapping[str, Any], value_cols: Sequence[str]) -> 
 
 
 def _attack_matches(col: str, norm, eps) -> bool:
-    """Whether a report column ``robust_acc[<norm> eps=<eps> steps=<k>]`` is an attack of that norm and eps."""
+    """Whether a report column ``robust_acc[<norm>_eps<eps>_s<steps>...]`` or ``robust_worst[<norm>_eps<eps>]``
+    is of that norm and eps."""
     try:
-        parts = col[len("robust_acc["):-1].split()
-        fields = dict(p.split("=", 1) for p in parts[1:])
-        return parts[0] == str(norm) and math.isclose(float(fields["eps"]), float(eps), rel_tol=1e-6)
+        name = col[col.index("[") + 1:-1]
+        col_norm, _, rest = name.partition("_eps")
+        return col_norm == str(norm) and math.isclose(float(rest.split("_")[0]), float(eps), rel_tol=1e-6)
     except (IndexError, KeyError, ValueError, TypeError):
         return False
 

@@ -224,7 +224,7 @@ def run_evaluate(node: Node, ctx: Context, progress: Optional[Progress] = None) 
     robust = [{"attack": name, "norm": a.norm, "eps": a.eps, "steps": a.steps, "step_size": a.resolved_step_size(),
                "method": a.method, "loss": a.loss, "acc": res.robust_acc[name]} for name, a in attacks.items()]
     meta = _meta(node, t0, model=node.inputs["model"], n=res.n, clean_acc=res.clean_acc, shifted_acc=shifted,
-                 robust=robust, worst_acc=res.worst_acc)
+                 robust=robust, worst_acc=res.worst_acc, worst_by_ball=res.worst_by_ball)
     flags = {"clean": res.clean_flags.to(torch.uint8).contiguous()}
     flags.update({f"robust.{k}": v.to(torch.uint8).contiguous() for k, v in res.robust_flags.items()})
     ctx.store.save(node.key, meta=meta, tensors=flags)
@@ -249,6 +249,7 @@ def eval_metrics(meta: dict) -> dict:
     out.update({f"robust/{r['attack']}": r["acc"] for r in meta["robust"]})
     if meta.get("worst_acc") is not None:
         out["worst_acc"] = meta["worst_acc"]
+    out.update({f"worst/{b}": w["acc"] for b, w in (meta.get("worst_by_ball") or {}).items()})
     return out
 
 

@@ -18,7 +18,7 @@ from .plan import Plan
 from .store import Store
 
 BASE_COLUMNS = ["sweep", "eval_key", "model_key", "model_stage", "model_label", "train_set", "train_size",
-                "target_arch", "source_arch", "source_stage", "synth_method", "synth_norm", "synth_eps",
+                "target_arch", "source_arch", "source_stage", "synth_key", "synth_method", "synth_norm", "synth_eps",
                 "synth_steps", "seed", "clean_acc", "shifted_acc", "hit_rate", "robust_reads_original",
                 "transfer_rate", "worst_acc", "eval_n"]
 
@@ -32,6 +32,12 @@ def paper_reference() -> dict:
 def attack_column(r: dict) -> str:
     """The results column of one attack of an evaluation's meta: ``robust_acc[<the attack's name>]``."""
     return f"robust_acc[{r['attack']}]"
+
+
+def worst_column(ball: str) -> str:
+    """The results column of a threat ball's worst case over every attack listed for it (see
+    ``evaluation.worst_by_ball``): ``robust_worst[l2_eps1]``. The report's robust accuracy."""
+    return f"robust_worst[{ball}]"
 
 
 def transfer_rows(plan: Plan, store: Store) -> list[dict]:
@@ -55,7 +61,8 @@ def _synth_fields(plan: Plan, store: Store, model_node, transfers: list[dict]) -
     source = plan.nodes[synth.inputs["source"]]
     sm = store.load_meta(synth.key)
     p = synth.spec
-    out = {"source_arch": source.spec.arch, "source_stage": source.stage, "synth_method": p.method}
+    out = {"source_arch": source.spec.arch, "source_stage": source.stage, "synth_key": synth.key,
+           "synth_method": p.method}
     if p.method == "relabel":
         out.update(synth_norm=p.attack.norm, synth_eps=p.attack.eps, synth_steps=p.attack.steps,
                    hit_rate=sm.get("hit_rate"))
@@ -89,6 +96,10 @@ def build_rows(plan: Plan, store: Store) -> list[dict]:
         row.update(_synth_fields(plan, store, model, transfers))
         for r in m["robust"]:
             row[attack_column(r)] = r["acc"]
+        for ball, w in (m.get("worst_by_ball") or {}).items():
+            row[worst_column(ball)] = w["acc"]
+            if w.get("gap") is not None:
+                row[f"pgd_gap[{ball}]"] = w["gap"]
         rows.append(row)
     return rows
 
@@ -109,13 +120,84 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def markdown(plan: Plan, rows: list[dict], transfers: list[dict]) -> str:
-    """report.md: every evaluation, then the Figure 2 / Table 1 analogues beside the paper's numbers."""
+# ------------------------------------------------------------------------------------ over seeds
+GROUP = ["model_stage", "train_set", "train_size", "target_arch", "synth_eps"]  # a row's group: all but the seed
+
+
+def _cols(rows: list[dict], prefix: str) -> list[str]:
+    return sorted({c for r in rows for c in r if c.startswith(prefix)})
+
+
+def summary(rows: list[dict]):
+    """Mean, std and count over seeds per group (``GROUP``) of every number of the rows (pandas DataFrame)."""
+    from .figures import seed_summary
+
+    vals = (["clean_acc", "shifted_acc"] + _cols(rows, "robust_worst[") + _cols(rows, "pgd_gap[")
+            + _cols(rows, "robust_acc[") + ["hit_rate", "robust_reads_original", "transfer_rate"])
+    return seed_summary(rows, GROUP, vals)
+
+
+def _pm(rec, col: str) -> str:
+    """'75.3 ± 1.2%' (mean ± std over seeds), '75.3%' for one seed, '-' without a value."""
+    import math
+
+    m, sd = rec.get(f"{col}_mean"), rec.get(f"{col}_std")
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "-"
+    return f"{100 * m:.1f}%" if sd is None or math.isnan(sd) else f"{100 * m:.1f} ± {100 * sd:.1f}%"
+
+
+def _ball_label(col: str) -> str:
+    """'robust_worst[l2_eps1]' -> 'l2 eps 1'."""
+    norm, _, eps = col[col.index("[") + 1:-1].partition("_eps")
+    return f"{norm} eps {eps}"
+
+
+def claims(summ, num_classes: int) -> list[dict]:
+    """The paper's claims checked on this sweep's numbers (means over seeds): D_R more and D_NR less robust than
+    a clean model trained on the same number of real images (largest ball's worst case), D_rand and D_det above
+    chance on the true labels. Each: {claim, here, paper, holds}."""
+    import math
+
+    recs = summ.to_dict("records")
+    worst = [c[:-len("_mean")] for c in summ.columns if c.startswith("robust_worst[") and c.endswith("_mean")]
+    out = []
+    if worst:
+        col = max(worst, key=lambda c: float(c[c.index("_eps") + 4:-1]))
+        for ts, sign, paper in (("D_R", 1, "D_R 48.3% vs D 4.5%"), ("D_NR", -1, "D_NR 0.8% vs D 4.5%")):
+            for r in (r for r in recs if r["train_set"] == ts):
+                base = [b for b in recs if b["train_set"] == "D" and b["train_size"] == r["train_size"]
+                        and b["target_arch"] == r["target_arch"] and not math.isnan(b[f"{col}_mean"])]
+                if not base or math.isnan(r[f"{col}_mean"]):
+                    continue
+                d = r[f"{col}_mean"] - base[0][f"{col}_mean"]
+                out.append({"claim": f"{ts} ({r['model_stage']}) {'more' if sign > 0 else 'less'} robust than the "
+                                     f"same-size clean baseline ({base[0]['model_stage']}, n={r['train_size']}), "
+                                     f"{_ball_label(col)}",
+                            "here": f"{_pm(r, col)} vs {_pm(base[0], col)}: {100 * d:+.1f} points",
+                            "paper": paper, "holds": sign * d > 0})
+    chance = 1.0 / max(num_classes, 1)
+    for ts, paper in (("D_rand", "63.3% (CIFAR-10)"), ("D_det", "43.7% (CIFAR-10)")):
+        for r in (r for r in recs if r["train_set"] == ts):
+            extra = f"; hit rate {_pm(r, 'hit_rate')}" if r.get("hit_rate_count") else ""
+            out.append({"claim": f"{ts} ({r['model_stage']}, {r['target_arch']}) above chance "
+                                 f"({100 * chance:.0f}%) on the true test labels",
+                        "here": _pm(r, "clean_acc") + extra, "paper": paper,
+                        "holds": r["clean_acc_mean"] > chance})
+    return out
+
+
+def markdown(plan: Plan, rows: list[dict], transfers: list[dict], pictures: dict | None = None,
+             num_classes: int = 10) -> str:
+    """report.md: the claims, the mean over seeds, every evaluation, then the Figure 2 / Table 1 analogues
+    beside the paper's numbers, the evaluation's strength and the pictures of the constructed sets."""
     ref = paper_reference()
     robust_cols = sorted({c for r in rows for c in r if c.startswith("robust_acc[")})
     lines = [f"# sweeper report: {plan.sweep.name}", "", plan.sweep.description or "", "",
-             f"Dataset: {plan.sweep.data.dataset}; evaluated on {rows[0]['eval_n'] if rows else 0} test images.",
-             "", "## Every evaluation", ""]
+             f"Dataset: {plan.sweep.data.dataset}; evaluated on {rows[0]['eval_n'] if rows else 0} test images.", ""]
+    if rows:
+        lines += _summary_lines(summary(rows), rows, num_classes)
+    lines += ["## Every evaluation", ""]
     head = ["model", "train set", "n", "arch", "clean", "shifted (y+1)"] + robust_cols + ["hit rate",
             "robust model reads original", "transfer to independent model"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -150,6 +232,12 @@ def markdown(plan: Plan, rows: list[dict], transfers: list[dict]) -> str:
         for t in transfers:
             lines.append(f"| {t['synth_label']} | {t['probe_label']} ({t['probe_arch']}) | {t['probe_train_set']} "
                          f"| {_pct(t['target_rate'])} | {_pct(t['original_rate'])} |")
+    if pictures:
+        lines += ["", "## The constructed sets", "",
+                  "Start image (relabelling: the real image attacked; inversion: the other image the optimisation "
+                  "started from), the target image whose representation was matched (inversion), and the "
+                  "synthesized image with its new label (red where it differs from the original).", ""]
+        lines += [f"![{name}]({name})" for name in sorted(pictures)]
     lines += ["", "Regime guide: on D_det, accuracy on the true labels above chance is the paper's effect; a high "
               "shifted-label accuracy means the model learned y -> y+1 from robust features; a low hit rate or a "
               "robust model that still reads the original class means the perturbations did not carry the target.",
@@ -157,49 +245,102 @@ def markdown(plan: Plan, rows: list[dict], transfers: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _summary_lines(summ, rows: list[dict], num_classes: int) -> list[str]:
+    worst = _cols(rows, "robust_worst[")
+    gaps = _cols(rows, "pgd_gap[")
+    lines = ["## The paper's claims on this sweep", ""]
+    cl = claims(summ, num_classes)
+    if cl:
+        lines += ["| claim | here (mean ± std over seeds) | paper | holds |", "|---|---|---|---|"]
+        lines += [f"| {c['claim']} | {c['here']} | {c['paper']} | {'yes' if c['holds'] else '**no**'} |" for c in cl]
+    else:
+        lines += ["(no D_R, D_NR, D_rand or D_det evaluation with a same-size baseline yet)"]
+    head = ["model", "train set", "n", "arch", "seeds", "clean", "shifted (y+1)"] + [
+        f"robust {_ball_label(c)} (worst case)" for c in worst] + ["hit rate", "transfer rate"]
+    lines += ["", "## Mean ± std over seeds", "",
+              "Robust accuracy is the per-example worst case over every attack listed for that ball (and the "
+              "attacks of smaller balls of the same norm).", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summ.to_dict("records"):
+        lines.append("| " + " | ".join([r["model_stage"], r["train_set"] or "-", str(r["train_size"]),
+                                        r["target_arch"], str(len(r["seeds"]))]
+                                       + [_pm(r, "clean_acc"), _pm(r, "shifted_acc")] + [_pm(r, c) for c in worst]
+                                       + [_pm(r, "hit_rate"), _pm(r, "transfer_rate")]) + " |")
+    if gaps:
+        lines += ["", "## Evaluation strength", "",
+                  "How much higher PGD alone reads than the worst case over every attack of its ball, per "
+                  "evaluation (points of accuracy):", "", "| ball | attacks | mean gap | largest gap |", "|---|---|---|---|"]
+        for g in gaps:
+            vals = [r[g] for r in rows if r.get(g) is not None]
+            n_att = sorted({len([c for c in r if c.startswith("robust_acc[")]) for r in rows if r.get(g) is not None})
+            lines.append(f"| {_ball_label(g)} | {n_att[-1] if n_att else '-'} per evaluation | "
+                         f"{100 * sum(vals) / len(vals):.1f} | {100 * max(vals):.1f} |")
+    lines.append("")
+    return lines
+
+
+def pictures(plan: Plan, store: Store, n: int = 8) -> tuple[dict[str, bytes], str | None]:
+    """Example grids of every finished synthesize node ({"examples_<label>.png": png}), and a note when they
+    could not be drawn (the sweep's training images are not readable here)."""
+    from . import data_store
+    from .errors import DataNotFoundError
+    from .figures import class_names_for, example_grid, pick_examples
+
+    nodes = [nd for nd in plan.nodes.values() if nd.kind == "synthesize" and store.is_done(nd.key)]
+    if not nodes:
+        return {}, None
+    try:
+        train = data_store.load_split(plan.sweep.data, "train")
+    except DataNotFoundError as e:
+        return {}, f"example grids not drawn: {e}"
+    if train.x.dim() != 4:
+        return {}, None  # the theory toy: vectors, not images
+    names = class_names_for(plan.sweep.data.dataset)
+    out = {}
+    for nd in nodes:
+        t = store.load_tensors(nd.key)
+        pick = torch_index(pick_examples(len(t["y"]), n))
+        idx, start_idx = t["index"][pick], t.get("start_index", t["index"])[pick]
+        start = train.x[start_idx.clamp_min(0)]
+        start[start_idx < 0] = 0.0  # a start from noise has no image to show
+        inversion = nd.spec.method == "inversion"
+        title = f"{nd.label}: {nd.spec.method} from {plan.nodes[nd.inputs['source']].label}"
+        out[f"examples_{nd.label}.png"] = example_grid(
+            start, t["x"][pick], t["orig_y"][pick], t["y"][pick], target=train.x[idx] if inversion else None,
+            start_y=train.y[start_idx.clamp_min(0)] if inversion else None, class_names=names, n=len(pick),
+            title=title)
+    return out, None
+
+
+def torch_index(ix: list[int]):
+    import torch
+
+    return torch.as_tensor(ix, dtype=torch.long)
+
+
 def figures(rows: list[dict], transfers: list[dict]) -> dict[str, bytes]:
-    """PNG bytes: Figure 2-style bars, Table 1 bars, and the Figure 3 scatter when several archs trained on D_det."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG bytes: Figure 2 and Table 1 analogues as bars of the mean over seeds with the std as error bars and
+    each seed as a dot; Figure 3 (D_det accuracy against transfer rate) when two or more archs trained on D_det."""
+    from .figures import bar_with_errors, transfer_figure, transfer_points
 
     out = {}
-    robust_cols = sorted({c for r in rows for c in r if c.startswith("robust_acc[")})
-    sel = [r for r in rows if r["train_set"] in ("D", "D_adv", "D_R", "D_NR")]
-    if sel:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        width = 0.8 / (1 + len(robust_cols))
-        for j, col in enumerate(["clean_acc"] + robust_cols):
-            ax.bar([i + j * width for i in range(len(sel))], [r.get(col) or 0 for r in sel], width,
-                   label=col.replace("robust_acc", "robust"))
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sel))])
-        ax.set_xticklabels([f"{r['train_set']}\n{r['model_label']}" for r in sel], fontsize=7)
-        ax.set_ylabel("accuracy"), ax.set_ylim(0, 1), ax.legend(fontsize=7), ax.set_title("Figure 2 analogue")
-        out["figure2.png"] = _png(fig, plt)
-    sel = [r for r in rows if r["train_set"] in ("D", "D_rand", "D_det")]
-    if sel:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        xs = range(len(sel))
-        ax.bar([i - 0.2 for i in xs], [r["clean_acc"] for r in sel], 0.4, label="true labels")
-        ax.bar([i + 0.2 for i in xs], [r["shifted_acc"] for r in sel], 0.4, label="shifted labels (y+1)")
-        ax.set_xticks(list(xs)), ax.set_xticklabels([f"{r['train_set']}\n{r['model_label']}" for r in sel], fontsize=7)
-        ax.set_ylabel("test accuracy"), ax.set_ylim(0, 1), ax.legend(fontsize=7), ax.set_title("Table 1 analogue")
-        out["table1.png"] = _png(fig, plt)
-    pts = []
-    for r in rows:
-        if r["train_set"] != "D_det":
-            continue
-        rate = [t["target_rate"] for t in transfers if t["probe_arch"] == r["target_arch"]
-                and t["probe_train_set"] == "D"]
-        if rate:
-            pts.append((rate[0], r["clean_acc"], r["target_arch"]))
-    if len({p[2] for p in pts}) >= 2:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for x, y, name in pts:
-            ax.scatter(x, y), ax.annotate(name, (x, y), fontsize=8)
-        ax.set_xlabel("transfer rate of the source's adversarial examples"), ax.set_ylabel("D_det test accuracy")
-        ax.set_title("Figure 3 analogue")
-        out["figure3.png"] = _png(fig, plt)
+    if not rows:
+        return out
+    summ = summary(rows)
+    worst = _cols(rows, "robust_worst[") or _cols(rows, "robust_acc[")
+    f2 = summ[summ["train_set"].isin(["D", "D_adv", "D_R", "D_NR"])]
+    if len(f2):
+        out["figure2.png"] = bar_with_errors(f2, value_cols=["clean_acc"] + worst,
+                                             label_cols=["train_set", "model_stage", "train_size"],
+                                             title="Figure 2 analogue: clean and worst-case robust accuracy")
+    t1 = summ[summ["train_set"].isin(["D", "D_rand", "D_det"])]
+    if len(t1):
+        out["table1.png"] = bar_with_errors(t1, value_cols=["clean_acc", "shifted_acc"],
+                                            label_cols=["train_set", "model_stage", "train_size"],
+                                            title="Table 1 analogue: true-label and shifted-label (y+1) accuracy")
+    pts = transfer_points(rows, transfers)
+    if len({p["arch"] for p in pts}) >= 2:
+        out["figure3.png"] = transfer_figure(pts)  # the paper's CIFAR-10 points are in report.md, not on this axis
     return out
 
 
@@ -213,16 +354,26 @@ def _png(fig, plt) -> bytes:
 
 def write_report(plan: Plan, store: Store) -> dict:
     """Write every report file under ``reports/<sweep>/``; returns {name: store path}."""
+    from . import data_store
+    from .errors import DataNotFoundError
+
     rows = build_rows(plan, store)
     transfers = transfer_rows(plan, store)
     base = f"reports/{plan.sweep.name}"
     written = {}
+    pics, note = pictures(plan, store)
+    try:
+        num_classes = data_store.load_split(plan.sweep.data, "test").num_classes
+    except DataNotFoundError:  # only sets the chance level quoted in the claims
+        num_classes = 10
+    md = markdown(plan, rows, transfers, pics, num_classes) + (f"\n{note}\n" if note else "")
+    summ_csv = summary(rows).to_csv(index=False) if rows else ""
     texts = {"results.csv": to_csv(rows), "results.json": json.dumps(rows, indent=1),
-             "transfer.csv": to_csv(transfers), "report.md": markdown(plan, rows, transfers)}
+             "summary.csv": summ_csv, "transfer.csv": to_csv(transfers), "report.md": md}
     for name, text in texts.items():
         store.write_bytes(f"{base}/{name}", text.encode())
         written[name] = store.path(base, name)
-    for name, png in figures(rows, transfers).items():
+    for name, png in {**figures(rows, transfers), **pics}.items():
         store.write_bytes(f"{base}/{name}", png)
         written[name] = store.path(base, name)
     return written

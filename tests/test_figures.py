@@ -10,8 +10,8 @@ from PIL import Image
 
 from sweeper import figures as F
 
-ROBUST = "robust_acc[l2 eps=0.25 steps=7]"
-ROBUST_BIG = "robust_acc[l2 eps=1 steps=20]"
+ROBUST = "robust_acc[l2_eps0.25_s7]"
+ROBUST_BIG = "robust_acc[l2_eps1_s20]"
 
 
 def decode(png: bytes) -> np.ndarray:

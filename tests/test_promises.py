@@ -402,6 +402,8 @@ def test_worst_case_is_the_and_of_per_attack_robust_flags(monkeypatch):
         return out
 
     class Cfg:
+        norm, eps, method = "l2", 1.0, "pgd"
+
         def __init__(self, name):
             self._name = name
 
@@ -418,6 +420,31 @@ def test_worst_case_is_the_and_of_per_attack_robust_flags(monkeypatch):
     assert res.robust_acc == {"a": 6 / 12, "b": 6 / 12}
     assert res.worst_acc == pytest.approx(4 / 12)  # ids 6..9 survive both
     assert res.worst_acc < min(res.robust_acc.values())
+    ball = res.worst_by_ball["l2_eps1"]
+    assert ball["acc"] == pytest.approx(4 / 12) and ball["pgd_acc"] == pytest.approx(6 / 12)
+    assert ball["gap"] == pytest.approx(2 / 12)
+
+
+def test_worst_by_ball_counts_smaller_balls_of_the_same_norm_only():
+    """Promise: the robust accuracy of a ball is the AND over attacks of that norm with eps <= its eps (a
+    perturbation inside the smaller ball lies inside the larger one); other norms and larger balls are left out;
+    the gap is the best PGD reading at exactly that eps minus the worst case."""
+    from sweeper.evaluation import worst_by_ball
+    from sweeper.schema import AttackConfig
+
+    a = {"small": AttackConfig(norm="l2", eps=0.5), "big": AttackConfig(norm="l2", eps=1.0),
+         "apgd": AttackConfig(norm="l2", eps=1.0, method="apgd-ce"), "inf": AttackConfig(norm="linf", eps=0.1)}
+    f = {"small": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool),
+         "big": torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool),
+         "apgd": torch.tensor([1, 0, 1, 1, 1, 1], dtype=torch.bool),
+         "inf": torch.tensor([0, 0, 0, 0, 0, 1], dtype=torch.bool)}
+    w = worst_by_ball(a, f)
+    assert set(w) == {"l2_eps0.5", "l2_eps1", "linf_eps0.1"}
+    assert w["l2_eps0.5"]["acc"] == pytest.approx(5 / 6) and w["l2_eps0.5"]["attacks"] == ["small"]
+    assert w["l2_eps1"]["acc"] == pytest.approx(3 / 6)  # small, big and apgd each break one example
+    assert sorted(w["l2_eps1"]["attacks"]) == ["apgd", "big", "small"]
+    assert w["l2_eps1"]["pgd_acc"] == pytest.approx(5 / 6) and w["l2_eps1"]["gap"] == pytest.approx(2 / 6)
+    assert w["linf_eps0.1"]["acc"] == pytest.approx(1 / 6) and w["linf_eps0.1"]["gap"] == 0
 
 
 def test_worst_case_with_real_attacks_never_exceeds_any_attack():
@@ -520,7 +547,8 @@ def test_report_shifted_accuracy_in_rows_and_table1(tmp_path):
     assert cells[3] == f"{100 * det['clean_acc']:.1f}%"     # here (true labels)
     assert cells[4] == f"{100 * det['shifted_acc']:.1f}%"   # here (shifted labels)
     assert cells[5] == f"{100 * det['hit_rate']:.1f}%"
-    every = next(ln for ln in md.splitlines() if ln.startswith(f"| {det['model_label']} |"))
+    every_section = md.split("## Every evaluation", 1)[1]
+    every = next(ln for ln in every_section.splitlines() if ln.startswith(f"| {det['model_label']} |"))
     cells = [c.strip() for c in every.strip("|").split("|")]
     assert cells[4:6] == [f"{100 * det['clean_acc']:.1f}%", f"{100 * det['shifted_acc']:.1f}%"]
     assert cells[-2:] == [f"{100 * det['robust_reads_original']:.1f}%", f"{100 * det['transfer_rate']:.1f}%"]

@@ -1,0 +1,116 @@
+"""The report's promises: robust accuracy is the per-ball worst case, numbers over seeds are mean and sample
+std, the paper's claims are read off the right baseline, and every constructed set gets its picture."""
+
+import io
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from sweeper import data_store, spec
+from sweeper.plan import build_plan
+from sweeper.report import build_rows, claims, pictures, summary, worst_column, write_report
+from sweeper.store import Store
+
+SWEEP = """
+name: rep
+seed: 0
+data: {dataset: fashion_mnist, test_size: 30}
+stages:
+  std: {kind: train, arch: small_cnn, train_size: 40, train: {epochs: 1}}
+  robust:
+    kind: train
+    arch: small_cnn
+    train_size: 40
+    train: {epochs: 1}
+    adversarial: {norm: l2, eps: 1.0, steps: 2}
+  d_r:
+    kind: synthesize
+    from: robust
+    method: inversion
+    size: 12
+    inversion: {steps: 2, step_size: 0.1, start: other_image}
+  d_det: {kind: synthesize, from: std, method: relabel, size: 12, targets: deterministic,
+          attack: {norm: l2, eps: 2.0, steps: 2}}
+  baseline: {kind: train, arch: small_cnn, train_size: 12, seed: {grid: [0, 1]}, train: {epochs: 1}}
+  train_d_r: {kind: train, from: d_r, arch: small_cnn, seed: {grid: [0, 1]}, train: {epochs: 1}}
+  train_d_det: {kind: train, from: d_det, arch: small_cnn, seed: {grid: [0, 1]}, train: {epochs: 1}}
+  eval:
+    kind: evaluate
+    from: [baseline, train_d_r, train_d_det]
+    attacks:
+      - {norm: l2, eps: 1.0, steps: 5}
+      - {norm: l2, eps: 1.0, steps: 5, method: apgd-ce}
+"""
+
+# per evaluated model stage and seed: (clean, pgd, worst)
+NUMBERS = {("baseline", 0): (0.80, 0.30, 0.26), ("baseline", 1): (0.82, 0.28, 0.24),
+           ("train_d_r", 0): (0.76, 0.33, 0.31), ("train_d_r", 1): (0.74, 0.35, 0.33),
+           ("train_d_det", 0): (0.45, 0.0, 0.0), ("train_d_det", 1): (0.51, 0.0, 0.0)}
+
+
+def _filled(tmp_path):
+    sweep = spec.loads(SWEEP)
+    plan = build_plan(sweep)
+    store = Store(str(tmp_path / "s"))
+    train = data_store.load_split(sweep.data, "train")
+    for key, n in plan.nodes.items():
+        if n.kind == "train":
+            store.save(key, meta={"kind": "train", "n_train": 12})
+        elif n.kind == "synthesize":
+            idx = torch.arange(12)
+            start = (idx + 5) % 12 if n.spec.method == "inversion" else idx.clone()
+            y = train.y[idx]
+            store.save(key, meta={"kind": "synthesize", "hit_rate": 0.9},
+                       tensors={"x": train.x[start].flip(-1), "y": (y + 1) % 10, "orig_y": y, "index": idx,
+                                "start_index": start})
+        elif n.kind == "evaluate":
+            model = plan.nodes[n.inputs["model"]]
+            clean, pgd_acc, worst = NUMBERS[(model.stage, model.spec.seed)]
+            store.save(key, meta={
+                "kind": "evaluate", "clean_acc": clean, "shifted_acc": 0.01, "worst_acc": worst, "n": 30,
+                "robust": [{"attack": "l2_eps1_s5", "norm": "l2", "eps": 1.0, "steps": 5, "acc": pgd_acc},
+                           {"attack": "l2_eps1_s5_apgd-ce", "norm": "l2", "eps": 1.0, "steps": 5, "acc": worst}],
+                "worst_by_ball": {"l2_eps1": {"norm": "l2", "eps": 1.0, "acc": worst, "pgd_acc": pgd_acc,
+                                              "gap": pgd_acc - worst,
+                                              "attacks": ["l2_eps1_s5", "l2_eps1_s5_apgd-ce"]}}})
+    return plan, store
+
+
+def test_rows_carry_the_worst_case_and_summary_is_mean_and_sample_std_over_seeds(tmp_path):
+    plan, store = _filled(tmp_path)
+    rows = build_rows(plan, store)
+    col = worst_column("l2_eps1")
+    for r in rows:
+        assert r[col] == NUMBERS[(r["model_stage"], r["seed"])][2]
+        assert r["pgd_gap[l2_eps1]"] == pytest.approx(NUMBERS[(r["model_stage"], r["seed"])][1] - r[col])
+    summ = {r["model_stage"]: r for r in summary(rows).to_dict("records")}
+    assert summ["train_d_r"][f"{col}_mean"] == pytest.approx(0.32)
+    assert summ["train_d_r"][f"{col}_std"] == pytest.approx(math.sqrt(2) * 0.01)  # sample std of 0.31, 0.33
+    assert summ["baseline"]["clean_acc_mean"] == pytest.approx(0.81)
+    assert summ["baseline"]["seeds"] == (0, 1)
+
+
+def test_claims_compare_d_r_with_the_same_size_baseline_on_the_worst_case(tmp_path):
+    plan, store = _filled(tmp_path)
+    cl = claims(summary(build_rows(plan, store)), num_classes=10)
+    d_r = next(c for c in cl if c["claim"].startswith("D_R"))
+    assert "+7.0 points" in d_r["here"] and d_r["holds"]  # worst 32% vs 25%, not PGD's 34% vs 29%
+    det = next(c for c in cl if c["claim"].startswith("D_det"))
+    assert det["holds"] and det["here"].startswith("48.0 ± 4.2%")
+
+
+def test_every_constructed_set_gets_an_example_grid_from_its_start_and_target_images(tmp_path):
+    plan, store = _filled(tmp_path)
+    pics, note = pictures(plan, store, n=4)
+    assert note is None
+    assert set(pics) == {"examples_d_r.png", "examples_d_det.png"}
+    inv = Image.open(io.BytesIO(pics["examples_d_r.png"]))
+    rel = Image.open(io.BytesIO(pics["examples_d_det.png"]))
+    assert inv.size[0] == rel.size[0] and inv.size[1] > rel.size[1]  # inversion adds the target image row
+    written = write_report(plan, store)
+    assert {"examples_d_r.png", "summary.csv", "figure2.png", "table1.png"} <= set(written)
+    md = store.read_bytes(f"reports/{plan.sweep.name}/report.md").decode()
+    assert "![examples_d_r.png](examples_d_r.png)" in md and "## The paper's claims on this sweep" in md
+    assert "## Evaluation strength" in md
