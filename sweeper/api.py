@@ -164,7 +164,7 @@ class LoadedSweep:
 
         rows = build_rows(self.plan, self.store)
         header = to_csv(rows).splitlines()[0] if rows else ""
-        columns = list(BASE_COLUMNS)
+        columns = next(csv.reader([header])) if header else list(BASE_COLUMNS)
         return pd.DataFrame(rows, columns=columns)
 
     def node(self, label_or_key: str, kind: Optional[str] = None):

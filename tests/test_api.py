@@ -68,7 +68,7 @@ def ran(tmp_path_factory):
     return sw, summary
 
 
-def test_run_runs_every_node_and_a_rerun_none(ran):
+def test_run_runs_every_node_and_a_rerun_none(ran, capsys):
     sw, first = ran
     total = len(sw.plan.nodes)
     assert (first["ran"], first["skipped"], first["total"], first["report"]) == (total, 0, total, None)
@@ -78,6 +78,10 @@ def test_run_runs_every_node_and_a_rerun_none(ran):
                                                                   log=lambda msg: None)
     assert (again["ran"], again["skipped"], again["total"]) == (0, total, total)
     assert set(again["report"]) >= {"results.csv", "report.md"}
+    # the command line with the same --set finds the API's run done (same keys, same store)
+    assert main(["run", str(TOY), "--store", sw.store.uri, "--executor", "local", "--no-report",
+                 *[a for s in SMALL for a in ("--set", s)]]) == 0
+    assert f"ran 0 nodes, skipped {total} already done" in capsys.readouterr().out
 
 
 def test_results_have_the_columns_and_rows_of_results_csv(ran, capsys):
