@@ -30,7 +30,11 @@ def build(model: nn.Module, *, method: str, norm: str, eps: float, steps: int, r
           n_classes: int = 10, n_targets: int | None = None):
     """The torchattacks object for ``method`` (see METHODS). ``n_targets``: APGD-T's target classes (the
     highest-scoring wrong classes; None: all C - 1, as AutoAttack's standard version does on 10 classes)."""
-    import torchattacks as ta
+    try:
+        import torchattacks as ta
+    except ImportError as e:
+        raise ImportError(f"attack method {method} needs torchattacks: pip install --no-deps torchattacks==3.5.1 "
+                          "(`make setup` does; --no-deps because it pins an old requests)") from e
 
     if method not in METHODS:
         raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(METHODS)} (or pgd)")
