@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .threat import make_threat
 
 METHODS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "square", "autoattack")
-TARGETED = ("fab", "square")  # the torchattacks attacks with a targeted mode
+TARGETED = ("square",)  # targeted mode that works (torchattacks 3.5.1's FAB attacks only where argmax == label)
 _NORMS = {"l2": "L2", "linf": "Linf"}
 
 
@@ -62,12 +62,12 @@ def run_attack(model: nn.Module, x: Tensor, y: Tensor, *, method: str, norm: str
                n_targets: int | None = None) -> Tensor:
     """Adversarial images for ``x`` (labels ``y``), same shape, inside the eps-ball around x and the box.
 
-    With ``targets`` the attack is targeted (FAB and Square only). The model must map images in [0, 1] to
+    With ``targets`` the attack is targeted (Square only). The model must map images in [0, 1] to
     logits (sweeper's models normalise inside), and is left in the train/eval mode it came in. torchattacks
     seeds torch's global generators; their state is restored afterwards, so nothing else in the process moves.
     """
-    if tuple(bounds) != (0.0, 1.0):
-        raise ValueError(f"attack {method}: torchattacks needs images in [0, 1], got bounds {tuple(bounds)}")
+    if bounds is None or tuple(bounds) != (0.0, 1.0):
+        raise ValueError(f"attack {method}: torchattacks needs images in [0, 1], got bounds {bounds}")
     if len(x) == 0:
         return x.clone()
     if targets is not None and method not in TARGETED:

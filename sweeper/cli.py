@@ -179,8 +179,12 @@ def _parse_sets(items: list[str]) -> dict:
 
 def _cmd_submit(args) -> int:
     from . import cluster
+    from .errors import SpecError
 
-    overrides = _parse_sets(args.overrides)
+    try:
+        overrides = _parse_sets(args.overrides)
+    except ValueError as e:  # a malformed --set is the sweep file's mistake (exit 2), not the cluster's
+        raise SpecError(args.file, "", str(e)) from None
     job = cluster.submit(args.file, args.address, overrides=overrides or None, store=args.store, wandb=args.wandb)
     print(job)
     if not args.wait:

@@ -57,9 +57,16 @@ class Context:
 
 
 # --------------------------------------------------------------------------------------------- models
+def device() -> torch.device:
+    """Where this process computes: the GPU when it has one (a Tune trial or actor given ``num_gpus`` sees it;
+    Ray hides GPUs from tasks that asked for none), else the CPU. Artifacts are stored from the CPU either way."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def new_model(arch: str, ds: Dataset, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return models.build(arch, num_classes=ds.num_classes, in_shape=tuple(ds.x.shape[1:]), mean=ds.mean, std=ds.std)
+    return models.build(arch, num_classes=ds.num_classes, in_shape=tuple(ds.x.shape[1:]), mean=ds.mean,
+                        std=ds.std).to(device())
 
 
 def load_model(store: Store, key: str, data: DataSpec) -> torch.nn.Module:
@@ -69,7 +76,7 @@ def load_model(store: Store, key: str, data: DataSpec) -> torch.nn.Module:
     model = models.build(meta["arch"], num_classes=ds.num_classes, in_shape=tuple(ds.x.shape[1:]),
                          mean=ds.mean, std=ds.std)
     model.load_state_dict(store.load_tensors(key))
-    return model.eval()
+    return model.to(device()).eval()
 
 
 def _meta(node: Node, t0: float, **fields) -> dict:
@@ -97,7 +104,7 @@ def run_train(node: Node, ctx: Context, progress: Optional[Progress] = None) -> 
     else:
         x, y, _ = data_store.real_subset(ctx.data, "train", spec.train_size, ctx.seed)
     model = new_model(spec.arch, ds, spec.seed)
-    x_te, y_te = data_store.test_set(ctx.data, ctx.seed)
+    x_te, y_te = (t.to(device()) for t in data_store.test_set(ctx.data, ctx.seed))
     x_cu, y_cu = (x_te[:curve.size], y_te[:curve.size]) if curve else (None, None)
     x_te, y_te = x_te[:HISTORY_TEST_SIZE], y_te[:HISTORY_TEST_SIZE]
     epochs = spec.train.epochs
@@ -152,7 +159,8 @@ def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Mod
         return {"index": index, "skipped": True, "n": stop - start}
     x_all, y_all, idx_all = synth_inputs(node, ctx)
     ds = data_store.load_split(ctx.data, "train")
-    x, y = x_all[start:stop], y_all[start:stop]
+    dev = next(model.parameters()).device
+    x, y = x_all[start:stop].to(dev), y_all[start:stop].to(dev)
     gen = torch.Generator().manual_seed(seed_for(ctx.seed, node.key, index))
     t0 = time.time()
     if spec.method == "relabel":
@@ -163,7 +171,8 @@ def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Mod
         stats = {"hit_rate": float(out["hit"].float().mean()), "attack_loss": float(out["loss"].mean())}
     else:
         x0, pos = start_points(x_all, len(y), spec.inversion.start, generator=gen, exclude=torch.arange(start, stop))
-        z, dist = invert(model, x, x0, spec.inversion, bounds=ds.bounds)
+        z, dist = invert(model, x, x0.to(dev), spec.inversion, bounds=ds.bounds)
+        pos = pos.cpu()
         start_index = torch.where(pos >= 0, idx_all[pos.clamp_min(0)], torch.full_like(pos, -1))
         tensors = {"x": z, "y": y.clone(), "orig_y": y.clone(), "dist": dist, "start_index": start_index}
         stats = {"mean_dist": float(dist.mean())}
@@ -219,7 +228,7 @@ def run_evaluate(node: Node, ctx: Context, progress: Optional[Progress] = None) 
     gen = torch.Generator().manual_seed(seed_for(ctx.seed, node.key))
     res = evaluate(model, x, y, attacks, bounds=ds.bounds, generator=gen)
     with torch.no_grad():
-        pred = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(y), 1000)])
+        pred = torch.cat([model(x[i:i + 1000].to(device())).argmax(1).cpu() for i in range(0, len(y), 1000)])
     shifted = float((pred == (y + 1) % ds.num_classes).float().mean())
     robust = [{"attack": name, "norm": a.norm, "eps": a.eps, "steps": a.steps, "step_size": a.resolved_step_size(),
                "method": a.method, "loss": a.loss, "acc": res.robust_acc[name]} for name, a in attacks.items()]
@@ -237,7 +246,8 @@ def run_transfer(node: Node, ctx: Context, progress: Optional[Progress] = None) 
     model = load_model(ctx.store, node.inputs["model"], ctx.data)
     t = ctx.store.load_tensors(node.inputs["data"])
     with torch.no_grad():
-        pred = torch.cat([model(t["x"][i:i + 1000]).argmax(1) for i in range(0, len(t["y"]), 1000)])
+        pred = torch.cat([model(t["x"][i:i + 1000].to(device())).argmax(1).cpu()
+                          for i in range(0, len(t["y"]), 1000)])
     meta = _meta(node, t0, n=int(len(pred)), target_rate=float((pred == t["y"]).float().mean()),
                  original_rate=float((pred == t["orig_y"]).float().mean()))
     ctx.store.save(node.key, meta=meta)

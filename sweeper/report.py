@@ -15,9 +15,11 @@ from importlib import resources
 import yaml
 
 from .plan import Plan
+from .spec import dumps_point
 from .store import Store
 
-BASE_COLUMNS = ["sweep", "eval_key", "model_key", "model_stage", "model_label", "train_set", "train_size",
+BASE_COLUMNS = ["sweep", "eval_key", "eval_stage", "eval_label", "model_key", "model_stage", "model_label",
+                "setting", "train_set", "train_size",
                 "target_arch", "source_arch", "source_stage", "synth_key", "synth_method", "synth_norm", "synth_eps",
                 "synth_steps", "seed", "clean_acc", "shifted_acc", "hit_rate", "robust_reads_original",
                 "transfer_rate", "worst_acc", "eval_n"]
@@ -48,7 +50,7 @@ def transfer_rows(plan: Plan, store: Store) -> list[dict]:
         m = store.load_meta(node.key)
         probe = plan.nodes[node.inputs["model"]]
         rows.append({"synth_key": node.inputs["data"], "synth_label": plan.nodes[node.inputs["data"]].label,
-                     "probe_label": probe.label, "probe_arch": probe.spec.arch,
+                     "probe_key": probe.key, "probe_label": probe.label, "probe_arch": probe.spec.arch,
                      "probe_train_set": plan.train_set(probe), "target_rate": m["target_rate"],
                      "original_rate": m["original_rate"], "n": m["n"]})
     return rows
@@ -66,9 +68,10 @@ def _synth_fields(plan: Plan, store: Store, model_node, transfers: list[dict]) -
     if p.method == "relabel":
         out.update(synth_norm=p.attack.norm, synth_eps=p.attack.eps, synth_steps=p.attack.steps,
                    hit_rate=sm.get("hit_rate"))
-        for t in transfers:
-            if t["synth_key"] != synth.key:
-                continue
+        # probes of this set other than its own source; a probe of the retrained model's arch first
+        mine = [t for t in transfers if t["synth_key"] == synth.key and t["probe_key"] != source.key]
+        mine.sort(key=lambda t: t["probe_arch"] != model_node.spec.arch)
+        for t in mine:
             if t["probe_train_set"] == "D_adv" and out.get("robust_reads_original") is None:
                 out["robust_reads_original"] = t["original_rate"]
             if t["probe_train_set"] == "D" and out.get("transfer_rate") is None:
@@ -89,14 +92,23 @@ def build_rows(plan: Plan, store: Store) -> list[dict]:
         model = plan.nodes[node.inputs["model"]]
         mm = store.load_meta(model.key)
         row = {c: None for c in BASE_COLUMNS}
-        row.update(sweep=plan.sweep.name, eval_key=node.key, model_key=model.key, model_stage=model.stage,
+        setting = dumps_point({k: v for k, v in model.point.items() if k != "seed"})
+        row.update(sweep=plan.sweep.name, eval_key=node.key, eval_stage=node.stage, eval_label=node.label,
+                   setting=setting or "-", model_key=model.key, model_stage=model.stage,
                    model_label=model.label, train_set=plan.train_set(model), train_size=mm["n_train"],
                    target_arch=model.spec.arch, seed=model.spec.seed, clean_acc=m["clean_acc"],
                    shifted_acc=m["shifted_acc"], worst_acc=m["worst_acc"], eval_n=m["n"])
         row.update(_synth_fields(plan, store, model, transfers))
         for r in m["robust"]:
             row[attack_column(r)] = r["acc"]
-        for ball, w in (m.get("worst_by_ball") or {}).items():
+        balls = m.get("worst_by_ball")
+        if balls is None and m["robust"]:  # written before worst_by_ball existed: recompute from the stored flags
+            from .evaluation import worst_by_ball  # torch: only for such older stores
+
+            t = store.load_tensors(node.key)
+            attacks = {a.name(): a for a in node.spec.attacks}
+            balls = worst_by_ball(attacks, {k: t[f"robust.{k}"].bool() for k in attacks})
+        for ball, w in (balls or {}).items():
             row[worst_column(ball)] = w["acc"]
             if w.get("gap") is not None:
                 row[f"pgd_gap[{ball}]"] = w["gap"]
@@ -121,7 +133,8 @@ def _pct(v) -> str:
 
 
 # ------------------------------------------------------------------------------------ over seeds
-GROUP = ["model_stage", "train_set", "train_size", "target_arch", "synth_eps"]  # a row's group: all but the seed
+# a row's group: the evaluation stage and everything about the model but its own seed (upstream grid values too)
+GROUP = ["eval_stage", "model_stage", "setting", "train_set", "train_size", "target_arch", "synth_eps"]
 
 
 def _cols(rows: list[dict], prefix: str) -> list[str]:
@@ -162,12 +175,18 @@ def claims(summ, num_classes: int) -> list[dict]:
     recs = summ.to_dict("records")
     worst = [c[:-len("_mean")] for c in summ.columns if c.startswith("robust_worst[") and c.endswith("_mean")]
     out = []
-    if worst:
-        col = max(worst, key=lambda c: float(c[c.index("_eps") + 4:-1]))
+    largest: dict[str, str] = {}  # per norm, the ball with the largest eps
+    for c in worst:
+        norm = c[c.index("[") + 1:c.index("_eps")]
+        if norm not in largest or float(c[c.index("_eps") + 4:-1]) > float(largest[norm][largest[norm].index("_eps") + 4:-1]):
+            largest[norm] = c
+    for col in largest.values():
         for ts, sign, paper in (("D_R", 1, "D_R 48.3% vs D 4.5%"), ("D_NR", -1, "D_NR 0.8% vs D 4.5%")):
             for r in (r for r in recs if r["train_set"] == ts):
+                # the same number of real images, the same arch, scored by the same evaluate stage (same attacks)
                 base = [b for b in recs if b["train_set"] == "D" and b["train_size"] == r["train_size"]
-                        and b["target_arch"] == r["target_arch"] and not math.isnan(b[f"{col}_mean"])]
+                        and b["target_arch"] == r["target_arch"] and b["eval_stage"] == r["eval_stage"]
+                        and not math.isnan(b[f"{col}_mean"])]
                 if not base or math.isnan(r[f"{col}_mean"]):
                     continue
                 d = r[f"{col}_mean"] - base[0][f"{col}_mean"]
@@ -232,6 +251,21 @@ def markdown(plan: Plan, rows: list[dict], transfers: list[dict], pictures: dict
         for t in transfers:
             lines.append(f"| {t['synth_label']} | {t['probe_label']} ({t['probe_arch']}) | {t['probe_train_set']} "
                          f"| {_pct(t['target_rate'])} | {_pct(t['original_rate'])} |")
+    from .figures import transfer_fit, transfer_points
+
+    pts = transfer_points(rows, transfers)
+    if len({p["arch"] for p in pts}) >= 2:
+        fit = transfer_fit(pts)
+        lines += ["", "## Figure 3 analogue (D_det accuracy against transfer rate, per architecture)", "",
+                  "| arch | transfer rate of the source's adversarial examples | D_det true-label accuracy (seeds) |",
+                  "|---|---|---|"]
+        for arch in dict.fromkeys(p["arch"] for p in pts):
+            mine = [p for p in pts if p["arch"] == arch]
+            lines.append(f"| {arch} | {_pct(sum(p['transfer_rate'] for p in mine) / len(mine))} | "
+                         + ", ".join(_pct(p["test_acc"]) for p in mine) + " |")
+        lines += ["", f"Least-squares line through the architecture means: slope {fit['slope']:.2f}, r = "
+                      f"{fit['r']:.2f} over {fit['n_arch']} architectures (the paper's claim: positive). "
+                      "figure3.png draws it."]
     if pictures:
         lines += ["", "## The constructed sets", "",
                   "Start image (relabelling: the real image attacked; inversion: the other image the optimisation "
@@ -300,10 +334,14 @@ def pictures(plan: Plan, store: Store, n: int = 8) -> tuple[dict[str, bytes], st
     for nd in nodes:
         t = store.load_tensors(nd.key)
         pick = torch_index(pick_examples(len(t["y"]), n))
-        idx, start_idx = t["index"][pick], t.get("start_index", t["index"])[pick]
-        start = train.x[start_idx.clamp_min(0)]
-        start[start_idx < 0] = 0.0  # a start from noise has no image to show
         inversion = nd.spec.method == "inversion"
+        idx = t["index"][pick]
+        if "start_index" in t:
+            start_idx = t["start_index"][pick]
+        else:  # written before start indices were stored: relabel starts at the image, inversion is unknown
+            start_idx = torch_index([-1] * len(pick)) if inversion else idx
+        start = train.x[start_idx.clamp_min(0)]
+        start[start_idx < 0] = 0.0  # a start from noise (or an unknown one) has no image to show
         title = f"{nd.label}: {nd.spec.method} from {plan.nodes[nd.inputs['source']].label}"
         out[f"examples_{nd.label}.png"] = example_grid(
             start, t["x"][pick], t["orig_y"][pick], t["y"][pick], target=train.x[idx] if inversion else None,
@@ -344,14 +382,6 @@ def figures(rows: list[dict], transfers: list[dict]) -> dict[str, bytes]:
     return out
 
 
-def _png(fig, plt) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_report(plan: Plan, store: Store) -> dict:
     """Write every report file under ``reports/<sweep>/``; returns {name: store path}."""
     from . import data_store
@@ -361,10 +391,16 @@ def write_report(plan: Plan, store: Store) -> dict:
     transfers = transfer_rows(plan, store)
     base = f"reports/{plan.sweep.name}"
     written = {}
-    pics, note = pictures(plan, store)
+    try:  # data.root: store -> the pushed copy, for the pictures and the class count
+        plan = data_store.resolve_data_root(plan, store)
+        pics, note = pictures(plan, store)
+    except DataNotFoundError as e:
+        pics, note = {}, f"example grids not drawn: {e}"
     try:
         num_classes = data_store.load_split(plan.sweep.data, "test").num_classes
     except DataNotFoundError:  # only sets the chance level quoted in the claims
+        num_classes = 10
+    except ValueError:  # data.root: store not pushed (said in the note above)
         num_classes = 10
     md = markdown(plan, rows, transfers, pics, num_classes) + (f"\n{note}\n" if note else "")
     summ_csv = summary(rows).to_csv(index=False) if rows else ""

@@ -6,6 +6,8 @@ model of :mod:`sweeper.schema`. No Ray, no W&B, no torch here.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import copy
 import difflib
 import itertools
@@ -447,6 +449,20 @@ def _check_attack(attack: AttackConfig, dataset: str, source: str, path: str, no
     if attack.n_targets is not None and attack.method != "apgd-t":
         raise SpecError(source, f"{path}.n_targets", f"n_targets is APGD-T's option (got method: {attack.method}); "
                                                      f"expected method: apgd-t, or no n_targets{note}")
+    if attack.method != "pgd" and dataset == "toy":
+        raise SpecError(source, f"{path}.method", f"AutoAttack-class methods need images in [0, 1] (got method: "
+                                                  f"{attack.method} on the toy's unbounded features); expected "
+                                                  f"method: pgd{note}")
+    if path.startswith("stages.") and path.endswith(".attack") and attack.method not in ("pgd", "square"):
+        raise SpecError(source, f"{path}.method", f"relabelling needs a targeted attack (got method: "
+                                                  f"{attack.method}); expected pgd or square{note}")
+    if path.endswith(".adversarial") and attack.method != "pgd":
+        raise SpecError(source, f"{path}.method", f"adversarial training runs PGD (got method: {attack.method}); "
+                                                  f"expected method: pgd{note}")
+    if attack.method != "pgd" and importlib.util.find_spec("torchattacks") is None:
+        raise SpecError(source, f"{path}.method", f"method {attack.method} needs torchattacks, which is not "
+                                                  f"installed; expected `pip install --no-deps torchattacks==3.5.1` "
+                                                  f"(`make setup` does it), or method: pgd{note}")
     if attack.method == "pgd" and attack.restarts > 1 and not attack.random_start:
         raise SpecError(source, f"{path}.restarts", f"restarts > 1 without a random start (got restarts: "
                                                     f"{attack.restarts}, random_start: false); expected "

@@ -505,7 +505,9 @@ def _fill_report_store(plan, store):
         else:
             meta = {"kind": "evaluate", "clean_acc": 0.3 + i / 100, "shifted_acc": 0.05 + i / 100,
                     "worst_acc": 0.01 * i, "n": 30,
-                    "robust": [{"attack": "a", "norm": "l2", "eps": 0.5, "steps": 2, "acc": 0.02 * i}]}
+                    "robust": [{"attack": "a", "norm": "l2", "eps": 0.5, "steps": 2, "acc": 0.02 * i}],
+                    "worst_by_ball": {"l2_eps0.5": {"norm": "l2", "eps": 0.5, "acc": 0.01 * i, "attacks": ["a"],
+                                                    "pgd_acc": 0.02 * i, "gap": 0.01 * i}}}
         store.save(k, meta=meta)
     return rates
 

@@ -114,3 +114,20 @@ def test_every_constructed_set_gets_an_example_grid_from_its_start_and_target_im
     md = store.read_bytes(f"reports/{plan.sweep.name}/report.md").decode()
     assert "![examples_d_r.png](examples_d_r.png)" in md and "## The paper's claims on this sweep" in md
     assert "## Evaluation strength" in md
+
+
+def test_evaluations_of_older_code_get_their_worst_case_from_the_stored_flags(tmp_path):
+    """An evaluation written before worst_by_ball existed keeps its robust accuracy: the report recomputes the
+    per-ball worst case from the per-example flags it stored."""
+    plan, store = _filled(tmp_path)
+    node = next(n for n in plan.nodes.values() if n.kind == "evaluate")
+    meta = store.load_meta(node.key)
+    del meta["worst_by_ball"]
+    store.delete(f"nodes/{node.key}")  # save keeps an intact artifact: write the older-code one in its place
+    pgd = torch.tensor([1, 1, 0, 1, 1, 0], dtype=torch.uint8)
+    apgd = torch.tensor([1, 0, 1, 1, 1, 0], dtype=torch.uint8)
+    store.save(node.key, meta=meta, tensors={"clean": torch.ones(6, dtype=torch.uint8),
+                                              "robust.l2_eps1_s5": pgd, "robust.l2_eps1_s5_apgd-ce": apgd})
+    row = next(r for r in build_rows(plan, store) if r["eval_key"] == node.key)
+    assert row[worst_column("l2_eps1")] == pytest.approx(3 / 6)
+    assert row["pgd_gap[l2_eps1]"] == pytest.approx(4 / 6 - 3 / 6)
