@@ -40,7 +40,8 @@ def load(store: Store, key: str, label: str, warn: Callable[[str], None] = _warn
     for name in found:
         rel = f"checkpoints/{key}/{name}"
         try:
-            return torch.load(io.BytesIO(store.read_checked(rel)), weights_only=True)
+            # on the CPU: Trainer.load_state_dict puts the state on its own device (saved on a GPU, resumed anywhere)
+            return torch.load(io.BytesIO(store.read_checked(rel)), weights_only=True, map_location="cpu")
         except StoreIOError:  # the store itself failed (unreachable, permission): not a damaged checkpoint
             raise
         except Exception as e:  # damaged: say so, drop it, fall back to the previous epoch's
