@@ -318,6 +318,8 @@ def pictures(plan: Plan, store: Store, n: int = 8) -> tuple[dict[str, bytes], st
     could not be drawn (the sweep's training images are not readable here)."""
     from . import data_store
     from .errors import DataNotFoundError
+    import torch
+
     from .figures import class_names_for, example_grid, pick_examples
 
     nodes = [nd for nd in plan.nodes.values() if nd.kind == "synthesize" and store.is_done(nd.key)]
@@ -333,13 +335,13 @@ def pictures(plan: Plan, store: Store, n: int = 8) -> tuple[dict[str, bytes], st
     out = {}
     for nd in nodes:
         t = store.load_tensors(nd.key)
-        pick = torch_index(pick_examples(len(t["y"]), n))
+        pick = torch.as_tensor(pick_examples(len(t["y"]), n), dtype=torch.long)
         inversion = nd.spec.method == "inversion"
         idx = t["index"][pick]
         if "start_index" in t:
             start_idx = t["start_index"][pick]
         else:  # written before start indices were stored: relabel starts at the image, inversion is unknown
-            start_idx = torch_index([-1] * len(pick)) if inversion else idx
+            start_idx = torch.full_like(idx, -1) if inversion else idx
         start = train.x[start_idx.clamp_min(0)]
         start[start_idx < 0] = 0.0  # a start from noise (or an unknown one) has no image to show
         title = f"{nd.label}: {nd.spec.method} from {plan.nodes[nd.inputs['source']].label}"
@@ -348,12 +350,6 @@ def pictures(plan: Plan, store: Store, n: int = 8) -> tuple[dict[str, bytes], st
             start_y=train.y[start_idx.clamp_min(0)] if inversion else None, class_names=names, n=len(pick),
             title=title)
     return out, None
-
-
-def torch_index(ix: list[int]):
-    import torch
-
-    return torch.as_tensor(ix, dtype=torch.long)
 
 
 def figures(rows: list[dict], transfers: list[dict]) -> dict[str, bytes]:
