@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -20,10 +21,11 @@ from tqdm import tqdm
 
 from . import tracking
 from .data_store import resolve_data_root
-from .errors import ClusterError, Incomplete, stop_on_signals
+from .errors import ClusterError, Incomplete, StoreIOError, TrialsFailed, stop_on_signals
 from .kinds import KINDS, Context, advance, execute
 from .leases import Leases
 from .plan import Node, Plan
+from .scheduling import Scheduler
 from .store import Store
 
 Log = Callable[[str], None]
@@ -183,12 +185,15 @@ def _init_ray(address: str | None, num_cpus: int | None, log: Log) -> None:
 
 
 def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: Log = _default_log,
-                 num_cpus: int | None = None, wandb_mode: str | None = None) -> dict:
-    """Execute the plan on Ray, wave by wave: synthesis on an actor pool, train/evaluate as Tune trials.
+                 num_cpus: int | None = None, wandb_mode: str | None = None, barrier: bool = False) -> dict:
+    """Execute the plan on Ray, streaming: a node starts as soon as its inputs are done and there is room for it,
+    whatever its depth. Synthesis shards of every ready synthesis node share one elastic actor pool (``shards``),
+    all training/evaluation nodes are trials of one Tune experiment (``tuning``), transfer probes run in driver
+    threads; the three run side by side (scheduling.Scheduler keeps who may start what).
 
-    ``address=None`` starts a private local Ray in this process (or joins RAY_ADDRESS when set);
-    ``"auto"`` or ``"HOST:PORT"`` joins a running cluster. Transfer probes are cheap forward passes and run
-    in the driver. Progress bars show shards and epochs on a terminal; elsewhere one line per finished unit.
+    ``address=None`` starts a private local Ray in this process (or joins RAY_ADDRESS when set); ``"auto"`` or
+    ``"HOST:PORT"`` joins a running cluster. ``barrier=True`` holds every node until all shallower nodes are done
+    (the old wave order; the scale benchmark's baseline). Progress bars on a terminal; elsewhere log lines.
     """
     plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -201,100 +206,148 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     started = not ray.is_initialized()
     if started:
         _init_ray(address, num_cpus, log)
-    ran = skipped = 0
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C stops the run (stop_on_signals), not just Tune
+    sched = None
+    feeder = None
     try:
         with stop_on_signals():
             verify_reads(plan, store, log)
-            for depth, wave in enumerate(plan.waves()):
-                todo = [n for n in wave if not store.is_done(n.key)]
-                skipped += len(wave) - len(todo)
-                if not todo:
-                    continue
-                log(f"wave {depth}: {len(todo)} node(s) to run, {len(wave) - len(todo)} done")
-                waiting: set[str] = set()
-                while todo:  # the next wave reads this one's nodes: wait for those another driver holds
-                    mine = set(leases.acquire([n.key for n in todo]))
-                    try:
-                        ours = [n for n in todo if n.key in mine and not store.is_done(n.key)]
-                        if ours:
-                            _run_wave(plan, ours, store, wandb_mode, log, quiet)
-                            ran += len(ours)
-                    finally:
-                        for key in mine:
-                            leases.release(key)
-                    rest, computed = [], {n.key for n in ours}
-                    for n in todo:
-                        if n.key in computed:
-                            continue
-                        if store.is_done(n.key):
-                            skipped += 1
-                            if n.key in waiting:
-                                log(f"  {n.kind} {n.label}: done by another driver")
-                        else:
-                            rest.append(n)
-                    todo = rest
-                    for n in todo:
-                        if n.key not in waiting and n.key not in mine:
-                            waiting.add(n.key)
-                            log(f"  {n.kind} {n.label}: leased by another driver ({leases.holder(n.key)}); "
-                                "waiting for it")
-                    if todo and not mine:
-                        time.sleep(leases.poll)
+            run = plan.sweep.run
+            sched = Scheduler(plan, store, leases, log, barrier=barrier,
+                              batch=max(16, 4 * int(run.max_concurrent_trials)))
+            sched.prefetch()
+            log(f"scheduler: {len(sched.todo)} node(s) to run ({sched.todo_count('pool')} synthesis, "
+                f"{sched.todo_count('tune')} Tune trials, {sched.todo_count('driver')} in the driver), "
+                f"{sched.done_at_start} done")
+            feeder = Feeder(plan, store, sched, wandb_mode, log, quiet, local=(address or local_address()) == "local")
+            feeder.start()
+            tune_engine = None
+            try:
+                if sched.todo_count("tune"):
+                    from .tuning import TuneEngine
+
+                    tune_engine = TuneEngine(sched, plan=plan, store=store, run_spec=run, wandb_mode=wandb_mode,
+                                             log=log, quiet=quiet)
+                    t0 = time.time()
+                    while not sched.over("tune"):
+                        if not sched.has_ready("tune"):
+                            sched.wait(0.5)  # until something ends
+                        elif not tune_engine.burst():
+                            sched.wait(leases.poll)  # ready nodes, but another driver took them first
+                    log(f"  {tune_engine.trials} Tune trial(s) in {tune_engine.bursts} experiment(s), "
+                        f"{time.time() - t0:.1f} s")
+                while feeder.is_alive():
+                    feeder.join(0.5)
+            finally:
+                feeder.stop()
+                if tune_engine is not None:
+                    tune_engine.close()
+            trials_failed = tune_engine.error() if tune_engine is not None else None
+            sched.raise_failures(trials_failed)
     finally:
+        if sched is not None:
+            sched.release_unstarted()
         leases.close()
         if started:
             ray.shutdown()
     check_done(plan, store)
-    return {"ran": ran, "skipped": skipped, "total": len(plan.nodes)}
+    return {"ran": sched.ran, "skipped": sched.done_at_start + sched.by_others, "total": len(plan.nodes),
+            "timeline": {k: (sched.started[k], sched.ended[k]) for k in sched.ended if k in sched.started}}
 
 
-def _run_wave(plan: Plan, todo: list, store: Store, wandb_mode: str | None, log: Log, quiet: bool) -> None:
-    """The nodes of one wave that this driver holds the leases of, each where its kind's engine says: the
-    synthesis actor pool, one Tune experiment, or here in the driver."""
-    from .tuning import run_trials
+class Feeder(threading.Thread):
+    """The driver side of the non-Tune engines: admits ready synthesis nodes while the actor pool's backlog is
+    shorter than its size (each node in a thread of its own that waits on the pool; its W&B run is open
+    meanwhile), runs transfer probes in threads, and keeps going until nothing of theirs is left."""
 
-    ctx = Context.of(plan, store)
-    on = {engine: [n for n in todo if KINDS[n.kind].engine == engine] for engine in ("pool", "tune", "driver")}
-    if on["pool"]:
-        _synthesize_wave(plan, on["pool"], ctx, wandb_mode, log, quiet)
-    if on["tune"]:
+    def __init__(self, plan: Plan, store: Store, sched: Scheduler, wandb_mode, log: Log, quiet: bool, local: bool):
+        super().__init__(name="sweeper-feeder", daemon=True)
+        self.plan, self.store, self.sched, self.wandb_mode, self.log, self.quiet = plan, store, sched, wandb_mode, \
+            log, quiet
+        self.local = local
+        self.ctx = Context.of(plan, store)
+        self.pool = None
+        self.threads: list[threading.Thread] = []
+        self._halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                if self.sched.over("pool") and self.sched.over("driver") and not self._alive():
+                    return
+                for node in self.sched.take("driver", 64):
+                    self._spawn(node, None)
+                while self.sched.todo_count("pool") and not self._halt.is_set():
+                    pool = self._pool()
+                    if pool.backlog() >= pool.capacity():
+                        break
+                    nodes = self.sched.take("pool", 1)
+                    if not nodes:
+                        break
+                    pool.expect(nodes[0], self.ctx.shard_size)
+                    self._spawn(nodes[0], pool)
+                self.sched.wait(0.25)
+        except BaseException as e:  # the scheduler stops everything and the driver raises it
+            self.error = e
+            self.sched.stop(e)
+        finally:
+            for t in self.threads:
+                t.join()
+            if self.pool is not None:
+                if self.pool.replaced:
+                    self.log(f"  {self.pool.replaced} synthesis actor(s) were lost and replaced; their shards were "
+                             "retried")
+                self.pool.shutdown()
+
+    def _alive(self) -> bool:
+        self.threads = [t for t in self.threads if t.is_alive()]
+        return bool(self.threads)
+
+    def _pool(self):
+        if self.pool is None:
+            import ray
+
+            from .shards import ShardPool
+
+            run = self.plan.sweep.run
+            self.pool = ShardPool(self.store, self.ctx.data, self.ctx.seed,
+                                  actors=lambda: synthesis_actors(run, ray.cluster_resources()),
+                                  cpus_per_actor=float(run.cpus_per_trial), gpus_per_actor=_synth_gpus(run),
+                                  threads=int(max(1, run.cpus_per_trial)), log=self.log,
+                                  autoscale=not self.local and run.synthesis_actors == "auto")
+        return self.pool
+
+    def _spawn(self, node: Node, pool) -> None:
+        t = threading.Thread(target=self._node, args=(node, pool), name=f"sweeper-{node.key[:8]}", daemon=True)
+        self.threads.append(t)
+        t.start()
+
+    def _node(self, node: Node, pool) -> None:
+        from .shards import synthesize_on_pool
+
         t0 = time.time()
-        run_trials(on["tune"], plan=plan, store=store, run_spec=plan.sweep.run, wandb_mode=wandb_mode, log=log,
-                   quiet=quiet)
-        log(f"  {len(on['tune'])} Tune trial(s) in {time.time() - t0:.1f} s")
-    for node in on["driver"]:
-        with tracking.tracked(plan, node, store, wandb_mode) as wb:
-            meta = execute(node, ctx, wb)
-            log(f"  {node.kind} {node.label}: {KINDS[node.kind].summary(meta)}")
+        try:
+            bar = Bar(node, self.ctx, self.quiet, self.log, indent="  ")
+            with tracking.tracked(self.plan, node, self.store, self.wandb_mode) as wb:
+                run = None if pool is None else (lambda n, c, p: synthesize_on_pool(pool, n, c, p))
+                meta = execute(node, self.ctx, wb, progress=bar, run=run)
+            bar.close()
+            dt = time.time() - t0
+            rate = f" ({meta['n'] / max(dt, 1e-9):.0f} img/s)" if "n" in meta and pool is not None else ""
+            self.log(f"  {node.kind} {node.label}: {KINDS[node.kind].summary(meta)} in {dt:.1f} s{rate}")
+        except BaseException as e:
+            if pool is not None:
+                pool.forget(node)
+            self.sched.finish(node.key, e, fatal=isinstance(e, (StoreIOError, KeyboardInterrupt)))
+        else:
+            self.sched.finish(node.key)
 
-
-def _synthesize_wave(plan: Plan, nodes: list, ctx: Context, wandb_mode: str | None, log: Log, quiet: bool) -> None:
-    """A wave's synthesis nodes on one actor pool. The pool lives for this wave only: its actors hold the
-    CPUs/GPUs that the wave's Tune trials need next."""
-    import ray
-
-    from .shards import ShardPool, synthesize_on_pool
-
-    run = plan.sweep.run
-    pool = ShardPool(ctx.store, ctx.data, ctx.seed, actors=synthesis_actors(run, ray.cluster_resources()),
-                     cpus_per_actor=float(run.cpus_per_trial), gpus_per_actor=_synth_gpus(run),
-                     threads=int(max(1, run.cpus_per_trial)), log=log)
-    try:
-        for node in nodes:
-            t0 = time.time()
-            bar = Bar(node, ctx, quiet, log, indent="  ")
-            with tracking.tracked(plan, node, ctx.store, wandb_mode) as wb:
-                meta = execute(node, ctx, wb, progress=bar,
-                               run=lambda n, c, p: synthesize_on_pool(pool, n, c, p))
-                bar.close()
-                dt = time.time() - t0
-                log(f"  synthesize {node.label}: {KINDS[node.kind].summary(meta)} in {dt:.1f} s "
-                    f"({meta['n'] / max(dt, 1e-9):.0f} img/s)")
-        if pool.replaced:
-            log(f"  {pool.replaced} synthesis actor(s) were lost and replaced; their shards were retried")
-    finally:
-        pool.shutdown()
+    def stop(self) -> None:
+        self._halt.set()
+        if self.pool is not None and self.is_alive():
+            self.pool.shutdown()  # threads waiting on shards return with an error
+        self.join(timeout=60)
 
 
 def synthesis_actors(run, resources: dict) -> int:

@@ -71,11 +71,11 @@ def new_model(arch: str, ds: Dataset, seed: int) -> torch.nn.Module:
 
 def load_model(store: Store, key: str, data: DataSpec) -> torch.nn.Module:
     """A trained model from the store, in eval mode."""
-    meta = store.load_meta(key)
+    meta, state = store.load(key)  # one read of the node's manifest for both
     ds = data_store.load_split(data, "train")
     model = models.build(meta["arch"], num_classes=ds.num_classes, in_shape=tuple(ds.x.shape[1:]),
                          mean=ds.mean, std=ds.std)
-    model.load_state_dict(store.load_tensors(key))
+    model.load_state_dict(state)
     return model.to(device()).eval()
 
 
@@ -151,9 +151,11 @@ def shard_metrics(meta: dict) -> dict:
     return {f"shard/{k}": meta[k] for k in keys if k in meta}
 
 
-def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Module, ctx: Context) -> dict:
+def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Module, ctx: Context,
+              worker: Optional[dict] = None) -> dict:
     """Synthesize images [start, stop) of a node's inputs into shard ``index`` of the ``ctx.shard_size``
-    partition; idempotent (a shard already in the store is kept). Randomness: seed_for(sweep seed, key, index)."""
+    partition; idempotent (a shard already in the store is kept). Randomness: seed_for(sweep seed, key, index).
+    ``worker``: where it ran (e.g. the actor's pid and Ray node), kept in the shard's metadata."""
     store, spec = ctx.store, node.spec
     if store.has_shard(node.key, index, size=ctx.shard_size):
         return {"index": index, "skipped": True, "n": stop - start}
@@ -179,7 +181,8 @@ def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Mod
     tensors["index"] = idx_all[start:stop].clone()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"index": index, "start": start, "stop": stop, "n": stop - start, "wall_s": time.time() - t0,
-            "images_per_s": (stop - start) / max(time.time() - t0, 1e-9), **stats}
+            "images_per_s": (stop - start) / max(time.time() - t0, 1e-9), **stats,
+            **({"worker": worker} if worker else {})}
     store.save_shard(node.key, index, tensors, meta, size=ctx.shard_size)
     return meta
 

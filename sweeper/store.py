@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -123,6 +124,7 @@ class Store:
         self.root = root.rstrip("/") or "/"
         # object stores have no folders to create (pyarrow would write marker objects: extra requests)
         self._dirs = self.fs.type_name not in ("s3", "gcs")
+        self.requests = 0  # filesystem calls made through this Store (a benchmark reads it; not pickled)
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -157,6 +159,7 @@ class Store:
     def _io(self, what: str, path: str, write: bool = False):
         """Turn a storage failure into a StoreIOError naming the store, the place and the cause. On reads a
         missing file stays FileNotFoundError (callers treat it as "not there"); on writes every OSError counts."""
+        self.requests += 1
         try:
             yield
         except StoreError:
@@ -208,6 +211,7 @@ class Store:
 
     def _mkdirs(self, path: str) -> None:
         if self._dirs:
+            self.requests += 1
             self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
 
     def _write(self, path: str, data: bytes, show: Optional[str] = None) -> None:
@@ -264,6 +268,7 @@ class Store:
         p = self._p(relpath)
         with self._io("delete", p, write=True):
             t = self.fs.get_file_info(p).type
+            self.requests += t in (pafs.FileType.Directory, pafs.FileType.File)
             try:
                 if t == pafs.FileType.Directory:
                     self.fs.delete_dir(p)
@@ -339,6 +344,7 @@ class Store:
         return True
 
     def _delete_attempt(self, rel: str, attempt: str) -> None:
+        self.requests += 1
         try:
             self.fs.delete_dir(self._p(rel, attempt))
         except (FileNotFoundError, OSError):
@@ -384,8 +390,14 @@ class Store:
         return self._damage_of(rel, manifest) is None
 
     def _read_checked(self, rel: str, key: str, name: str) -> bytes:
+        return self._read_file(rel, key, name)[0]
+
+    def _read_file(self, rel: str, key: str, name: str, manifest: Optional[dict] = None) -> tuple[bytes, dict]:
+        """(file ``name`` of ``rel``, sha256 checked; the manifest that names it). ``manifest``: one just read
+        (saves reading it again); a file it names that has gone is looked up in a fresh read of the manifest."""
         for retry in (False, True):
-            manifest = self._manifest(rel, check_files=False)
+            if manifest is None or retry:
+                manifest = self._manifest(rel, check_files=False)
             if manifest is None:
                 raise FileNotFoundError(f"no artifact {key} in {self.uri} ({rel})")
             if name not in manifest["files"]:
@@ -398,7 +410,7 @@ class Store:
                 raise CorruptArtifact(f"artifact {key}: file {name} is missing (store {self.uri})") from None
             if _sha(data) != manifest["files"][name]["sha256"]:
                 raise CorruptArtifact(f"artifact {key}: file {name} fails its sha256 check (store {self.uri})")
-            return data
+            return data, manifest
         raise AssertionError("unreachable")
 
     def _load_tensors(self, rel: str, key: str) -> dict:
@@ -418,10 +430,26 @@ class Store:
         m = self._manifest(f"nodes/{key}", check_files=False)
         if m is None:
             raise FileNotFoundError(f"no artifact {key} in {self.uri}")
+        return self._meta_of(key, m)
+
+    def _meta_of(self, key: str, m: dict) -> dict:
         if "digest" not in m and META in m["files"]:  # format 1: the manifest's meta is checked against meta.json
-            if json.loads(self._read_checked(f"nodes/{key}", key, META)) != m["meta"]:
+            if json.loads(self._read_file(f"nodes/{key}", key, META, m)[0]) != m["meta"]:
                 raise CorruptArtifact(f"artifact {key}: manifest meta differs from meta.json (store {self.uri})")
         return m["meta"]
+
+    def done_meta(self, key: str) -> Optional[dict]:
+        """The meta of node ``key`` if it is done (as ``is_done``), else None: ``is_done`` then ``load_meta``
+        in one read of the manifest."""
+        m = self._manifest(f"nodes/{key}")
+        return None if m is None else self._meta_of(key, m)
+
+    def load(self, key: str) -> tuple[dict, dict]:
+        """(meta, tensors) of node ``key``, both of the one write its manifest names: ``load_meta`` and
+        ``load_tensors`` in one read of the manifest."""
+        from safetensors.torch import load
+        data, m = self._read_file(f"nodes/{key}", key, TENSORS)
+        return self._meta_of(key, m), load(data)
 
     def load_tensors(self, key: str) -> dict:
         return self._load_tensors(f"nodes/{key}", key)
@@ -517,6 +545,23 @@ def _git(*args: str) -> Optional[str]:
     return r.stdout if r.returncode == 0 else None
 
 
+def _git_state() -> tuple[Optional[str], Optional[bool]]:
+    """(HEAD's sha, whether the work tree is dirty) of the package's repository; (None, None) outside one.
+
+    One ``git status`` (porcelain v2 names HEAD in its header) instead of three git processes per save; read
+    at every call, so a save records the tree as it is then. Without a commit yet the sha is None. Should that
+    call fail inside a repository (a git without porcelain v2), the three separate calls are used."""
+    out = _git("status", "--porcelain=v2", "--branch", "--no-ahead-behind")
+    if out is not None:
+        lines = out.splitlines()
+        oid = next((ln.split()[2] for ln in lines if ln.startswith("# branch.oid ") and len(ln.split()) > 2), None)
+        return (oid if oid and oid != "(initial)" else None,
+                any(ln.strip() and not ln.startswith("#") for ln in lines))
+    sha = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain") if _git("rev-parse", "--is-inside-work-tree") else None
+    return sha.strip() if sha else None, None if status is None else bool(status.strip())
+
+
 def _version(dist: str) -> Optional[str]:
     try:
         return importlib.metadata.version(dist)
@@ -524,12 +569,18 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
+_DISTS = ("sweeper", "torch", "numpy", "ray", "wandb", "pyarrow", "safetensors", "pydantic")
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, Optional[str]], ...]:
+    # read once per process: the packages a process has imported do not change while it runs (reading their
+    # metadata scans sys.path, a few ms per save)
+    return tuple((d, _version(d)) for d in _DISTS)
+
+
 def provenance() -> dict[str, Any]:
     """What produced an artifact: git sha + dirty flag, package versions, python, host, UTC time."""
-    sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain") if _git("rev-parse", "--is-inside-work-tree") else None
-    return {"git_sha": sha.strip() if sha else None,
-            "git_dirty": None if status is None else bool(status.strip()),
-            "versions": {d: _version(d) for d in ("sweeper", "torch", "numpy", "ray", "wandb", "pyarrow",
-                                                   "safetensors", "pydantic")},
+    sha, dirty = _git_state()
+    return {"git_sha": sha, "git_dirty": dirty, "versions": dict(_versions()),
             "python": platform.python_version(), "hostname": socket.gethostname(), "utc": _utc()}

@@ -1,7 +1,7 @@
 """Training and evaluation nodes as Ray Tune trials (an edge module: imports ray.tune).
 
-One Tune experiment per wave: a grid over the ready nodes' keys, resources per trial by architecture, a cap on
-concurrent trials and ``FailureConfig`` retries. A trial runs its node through the kind table
+One Tune experiment per run of the sweep: a searcher (``NodeSearcher``) releases a node's trial as soon as its
+inputs are done, resources per trial by architecture, a cap on concurrent trials and ``FailureConfig`` retries. A trial runs its node through the kind table
 (``kinds.execute``); a training trial writes a checkpoint to the store after every epoch, so a retried or re-run
 trial continues from its last epoch; a finished node is never planned again. Each trial's config carries the
 node's readable settings (``plan.describe``: label, kind, train set, arch, attack, seed) beside its key, and its
@@ -13,20 +13,38 @@ once per actor, not once per trial (benchmarks/bench_tune.py: from ~7 s to ~2 s 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
+from typing import Optional
 
 from ray import tune
+from ray.tune.search import Searcher
 
 from . import kinds, tracking
 from .errors import StoreIOError, TrialsFailed
 from .store import Store
 
 
-def _trial(config: dict, plan, store_uri: str, threads: int, wandb_mode: str | None) -> None:
+_PLANS: dict = {}  # the plan per trial process, fetched once (a reused actor runs many trials)
+
+
+def _plan_of(ref):
+    import ray
+
+    key = ref.hex()
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = ray.get(ref)
+    return _PLANS[key]
+
+
+def _trial(config: dict, plan_ref: list, store_uri: str, threads: int, wandb_mode: str | None) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
+    plan = _plan_of(plan_ref[0])  # in a list: with_parameters hands it over as a reference, not the plan
     node = plan.nodes[config["key"]]
     store = Store(store_uri)
     if store.is_done(node.key):  # a retried trial whose node finished before the failure
@@ -67,6 +85,13 @@ def _store_error(err: BaseException | None):
     return None
 
 
+def _root(err: BaseException) -> str:
+    """A trial's own error in one line (``Type: message``), without Ray's remote traceback."""
+    cause = getattr(err, "cause", None) or err
+    text = (str(cause).strip().splitlines() or [""])[0][:300]
+    return f"{type(cause).__name__}: {text}"
+
+
 def trial_name(node) -> str:
     """A trial's name and folder: its label made filesystem-safe, then 8 chars of its key."""
     return f"{re.sub(r'[^A-Za-z0-9_.=,+-]+', '_', node.label)[:80]}-{node.key[:8]}"
@@ -104,8 +129,8 @@ class Progress(tune.Callback):
         node = self.by_key.get(trial.config.get("key"))
         if node is None:
             return
-        what = (kinds.KINDS[node.kind].summary(self.store.load_meta(node.key)) if self.store.is_done(node.key)
-                else "not done")
+        meta = self.store.done_meta(node.key)  # one manifest read
+        what = kinds.KINDS[node.kind].summary(meta) if meta is not None else "not done"
         self._line(f"  {node.kind} {node.label}: {what}")
 
     def _line(self, line: str) -> None:
@@ -118,51 +143,144 @@ class Progress(tune.Callback):
         self.bar.close()
 
 
-def run_trials(nodes: list, *, plan, store: Store, run_spec, wandb_mode: str | None = None, callbacks=None,
-               log=None, quiet: bool = True) -> None:
-    """Run ``nodes`` (train/evaluate) as one Tune experiment; raises TrialsFailed if any trial finally failed."""
-    # read when the experiment starts (and passed to its trials): trials keep the driver's working directory
-    # (a relative store path stays valid), and the driver prints its own progress instead of Tune's tables
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    by_key = {n.key: n for n in nodes}
-    about = {n.key: plan.describe(n) for n in nodes}
-    cpus = float(run_spec.cpus_per_trial)
+class NodeSearcher(Searcher):
+    """Hands Tune one trial per training/evaluation node as soon as its inputs are done (scheduling.Scheduler):
+    one Tune experiment runs the whole sweep, with no barrier between stages. ``suggest`` returns None while no
+    node is ready (Tune asks again) and FINISHED once none can come."""
 
-    def resources(config: dict) -> dict:
-        return {"cpu": cpus, "gpu": gpus_for(about[config["key"]]["arch"], run_spec.gpus_per_trial)}
+    def __init__(self, sched, about: dict):
+        super().__init__()
+        self.sched, self.about = sched, about
+        self.trials: dict[str, str] = {}  # Tune trial id -> node key
 
-    def readable(name: str):
-        return tune.sample_from(lambda config: about[config["key"]][name])
+    def suggest(self, trial_id: str):
+        if self.sched.over("tune"):
+            return Searcher.FINISHED
+        nodes = self.sched.take("tune", 1)
+        if not nodes:  # nothing ready: wait for it while trials run, else end this experiment (TuneEngine)
+            return None if self.trials else Searcher.FINISHED
+        node = nodes[0]
+        self.trials[trial_id] = node.key
+        return {"key": node.key, **{k: v for k, v in self.about[node.key].items() if k != "attacks"}}
 
-    trainable = tune.with_parameters(_trial, plan=plan, store_uri=store.uri, threads=int(max(1, cpus)),
-                                     wandb_mode=wandb_mode)
-    trainable = tune.with_resources(trainable, resources)
-    progress = Progress(plan, nodes, store, log or print, quiet)
-    digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:8]
-    name_of = lambda trial: trial_name(by_key[trial.config["key"]])  # noqa: E731
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"key": tune.grid_search(sorted(by_key)),
-                     **{k: readable(k) for k in next(iter(about.values())) if k != "attacks"}},
-        tune_config=tune.TuneConfig(max_concurrent_trials=int(run_spec.max_concurrent_trials), reuse_actors=True,
-                                    trial_name_creator=name_of, trial_dirname_creator=name_of),
-        run_config=tune.RunConfig(
-            name=f"{plan.sweep.name}-{digest}", storage_path=store.fs_path("tune"),
-            storage_filesystem=None if store.is_local else store.fs,  # a URI's query would not survive a join
-            failure_config=tune.FailureConfig(max_failures=int(run_spec.max_failures)),
-            callbacks=[progress, *(callbacks or [])], verbose=0),
-    )
-    try:
-        results = tuner.fit()
-    finally:
-        progress.close()
-    failed = [(r.config.get("key") if r.config else "?", r.error) for r in results if r.error]
-    for _, err in failed:
-        store_error = _store_error(err)
-        if store_error is not None:  # the store failed (full, read-only, unreachable): one line, not a trial error
-            raise store_error from None
-    if failed:
-        labels = ", ".join(f"{by_key[k].label if k in by_key else k}: {e}" for k, e in failed[:3])
-        raise TrialsFailed(f"{len(failed)} Tune trial(s) failed after {run_spec.max_failures} retries: {labels}. "
-                           "Run the same command again to resume.")
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        key = self.trials.pop(trial_id, None)
+        if key is None:
+            return
+        if not error:  # the trial returned: its node is in the store (the run checks every node at its end)
+            self.sched.finish(key)
+        else:  # the error itself is read from Tune's results after the experiment
+            self.sched.finish(key, TrialsFailed(f"{self.sched.plan.nodes[key].label}: its Tune trial failed"))
+
+    def __getstate__(self) -> dict:  # Tune pickles its config into the experiment folder; the store is the state
+        return {"trials": dict(self.trials)}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__init__()
+        self.sched, self.about, self.trials = None, {}, state.get("trials", {})
+
+    def save(self, checkpoint_path: str) -> None:  # the store is the state: a resumed run asks it again
+        with open(checkpoint_path, "w") as f:
+            json.dump({"running": sorted(self.trials.values())}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+class _TrialFailureLines(logging.Filter):
+    """Tune logs each failed trial attempt with Ray's whole remote traceback; the driver prints one line instead
+    (the traceback stays in the trial's ``error.txt`` under ``<store>/tune``)."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Trial task failed") and record.exc_info:
+            self.log(f"  sweeper: warning: {record.getMessage()}: {_root(record.exc_info[1])} (Tune retries it "
+                     "up to run.max_failures times)")
+            return False
+        return True
+
+
+class TuneEngine:
+    """The sweep's training/evaluation nodes as Ray Tune trials, released by ``NodeSearcher`` as their inputs
+    are done. An experiment ends when none of its trials is running and no node is ready (Tune would otherwise
+    sit in its searcher loop keeping idle reused trial actors, whose CPUs/GPUs the synthesis pool needs), and
+    the next one starts when a node is ready again: ``burst`` runs one such experiment."""
+
+    def __init__(self, sched, *, plan, store: Store, run_spec, wandb_mode: str | None = None, callbacks=None,
+                 log=None, quiet: bool = True):
+        # read when an experiment starts (and passed to its trials): trials keep the driver's working directory
+        # (a relative store path stays valid), and the driver prints its own progress instead of Tune's tables
+        os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        self.sched, self.plan, self.store, self.run_spec = sched, plan, store, run_spec
+        nodes = [plan.nodes[k] for k in sched.todo if sched.engine[k] == "tune"]
+        self.by_key = {n.key: n for n in nodes}
+        self.about = {n.key: plan.describe(n) for n in nodes}
+        cpus = float(run_spec.cpus_per_trial)
+        about = self.about
+
+        def resources(config: dict) -> dict:
+            return {"cpu": cpus, "gpu": gpus_for(about[config["key"]]["arch"], run_spec.gpus_per_trial)}
+
+        import ray
+
+        self.plan_ref = ray.put(plan)  # fetched once per trial process (_plan_of), not once per trial
+        trainable = tune.with_parameters(_trial, plan_ref=[self.plan_ref], store_uri=store.uri,
+                                         threads=int(max(1, cpus)), wandb_mode=wandb_mode)
+        self.trainable = tune.with_resources(trainable, resources)
+        self.progress = Progress(plan, nodes, store, log or print, quiet)
+        self.callbacks = [self.progress, *(callbacks or [])]
+        self.log = log or print
+        self.digest = hashlib.sha256("".join(sorted(self.by_key)).encode()).hexdigest()[:8]
+        self.bursts = 0
+        self.trials = 0
+        self.failed: list[tuple[str, BaseException]] = []
+
+    def burst(self) -> int:
+        """One Tune experiment; returns how many trials it ran. Raises the store's error if the store failed."""
+        by_key = self.by_key
+        name_of = lambda trial: trial_name(by_key[trial.config["key"]])  # noqa: E731
+        searcher = NodeSearcher(self.sched, self.about)
+        self.bursts += 1
+        tuner = tune.Tuner(
+            self.trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+                                        max_concurrent_trials=int(self.run_spec.max_concurrent_trials),
+                                        reuse_actors=True, trial_name_creator=name_of,
+                                        trial_dirname_creator=name_of),
+            run_config=tune.RunConfig(
+                name=f"{self.plan.sweep.name}-{self.digest}-{self.bursts}", storage_path=self.store.fs_path("tune"),
+                storage_filesystem=None if self.store.is_local else self.store.fs,  # a URI's query would not
+                failure_config=tune.FailureConfig(max_failures=int(self.run_spec.max_failures)),  # survive a join
+                callbacks=self.callbacks, verbose=0),
+        )
+        quiet_failures = _TrialFailureLines(self.log)
+        controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+        controller_log.addFilter(quiet_failures)
+        try:
+            results = tuner.fit()
+        finally:
+            controller_log.removeFilter(quiet_failures)
+        self.trials += len(results)
+        failed = [(r.config.get("key") if r.config else "?", r.error) for r in results if r.error]
+        for _, err in failed:
+            store_error = _store_error(err)
+            if store_error is not None:  # the store failed (full, read-only, unreachable): one line, not a trial's
+                raise store_error from None
+        self.failed += failed
+        return len(results)
+
+    def error(self) -> Optional[TrialsFailed]:
+        """The trials that finally failed, as one error (None when none did)."""
+        if not self.failed:
+            return None
+        labels = ", ".join(f"{self.by_key[k].label if k in self.by_key else k}: {_root(e)}"
+                           for k, e in self.failed[:3])
+        return TrialsFailed(f"{len(self.failed)} Tune trial(s) failed after {self.run_spec.max_failures} retries: "
+                            f"{labels}. Run the same command again to resume.")
+
+    def close(self) -> None:
+        self.progress.close()

@@ -175,9 +175,9 @@ def test_an_expired_lease_on_s3_is_taken_over_at_once(s3_uri, capsys):
 
 @pytest.mark.ray
 def test_a_ray_driver_and_a_local_driver_share_the_work(tmp_path):
-    """`sweeper run` on Ray (leases taken per wave before the synthesis pool / Tune / transfers get the nodes)
-    and an in-process driver started while Ray's first wave runs: between them every node once, the same
-    results as a single run."""
+    """`sweeper run` on Ray (leases taken in batches, for the nodes about to start) and an in-process driver
+    started once the Ray driver has taken its first leases: between them every node once, the same results as a
+    single run."""
     store = str(tmp_path / "store")
     ref = str(tmp_path / "ref")
     assert main(["run", str(TOY), "--store", ref, "--executor", "local", "--threads", "1", "--no-report"]) == 0
@@ -186,7 +186,7 @@ def test_a_ray_driver_and_a_local_driver_share_the_work(tmp_path):
     ray_driver = subprocess.Popen(base, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   env=env)
     lines = []
-    while not any(line.startswith("wave 0:") for line in lines):
+    while not any(line.startswith("scheduler:") for line in lines):
         lines.append(ray_driver.stdout.readline())
         assert lines[-1], "".join(lines)
     local = subprocess.run(base + ["--executor", "local", "--threads", "1"], cwd=tmp_path, capture_output=True,
@@ -194,6 +194,6 @@ def test_a_ray_driver_and_a_local_driver_share_the_work(tmp_path):
     ray_out = "".join(lines) + ray_driver.communicate(timeout=600)[0]
     assert ray_driver.returncode == 0 and local.returncode == 0, (ray_out, local.stdout, local.stderr)
     assert _ran(ray_out) + _ran(local.stdout) == len(PLAN.nodes), (ray_out, local.stdout)
-    assert "leased by another driver" in local.stdout, local.stdout  # wave 0 was the Ray driver's
+    assert "leased by another driver" in local.stdout, local.stdout  # the first batch was the Ray driver's
     assert results_of(TOY, store) == results_of(TOY, ref)
     print(ray_out, local.stdout, sep="\n")

@@ -1,0 +1,72 @@
+"""Streaming on a real Ray: a node starts when its own inputs are done, not when its wave is; the synthesis pool
+grows when a node joins the cluster mid-run (its shards then run on the new node too)."""
+import threading
+import time
+
+import pytest
+
+from sweeper.engines import run_plan_ray
+from sweeper.plan import build_plan
+from sweeper.spec import loads
+from sweeper.store import Store
+from sweeps import SMALL, RayCluster
+
+pytestmark = pytest.mark.ray
+
+# two independent relabelled sets of the same source: a short one (1 shard) and a long one (12 shards), and a
+# training on each; in wave order the short set's training waits for the long set
+TWO = (SMALL.replace("  train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}\n",
+                     "  train_d_det: {kind: train, from: d_det, arch: small_cnn, train: *t}\n"
+                     "  d_long: {kind: synthesize, from: std, method: relabel, size: 1200, targets: random,\n"
+                     "           attack: {norm: l2, eps: 2.0, steps: 10, step_size: 0.5}}\n"
+                     "  train_long: {kind: train, from: d_long, arch: small_cnn, train: *t}\n")
+       .replace("size: 300, targets", "size: 100, targets"))
+
+
+def _plan(tmp_path, text):
+    return build_plan(loads(text.replace("STORE", str(tmp_path / "store")))), Store(str(tmp_path / "store"))
+
+
+def test_a_training_starts_while_an_unrelated_synthesis_of_its_wave_still_runs(tmp_path):
+    assert TWO != SMALL and "d_long" in TWO
+    plan, store = _plan(tmp_path, TWO)
+    counts = run_plan_ray(plan, store, num_cpus=2, wandb_mode="disabled", log=print)
+    t = {plan.nodes[k].stage: v for k, v in counts["timeline"].items()}
+    assert counts["ran"] == len(plan.nodes)
+    # the short set's training started before the long set (same depth) ended; wave order cannot do that
+    assert t["train_d_det"][0] < t["d_long"][1], t
+
+
+@pytest.mark.slow
+def test_the_synthesis_pool_grows_when_a_node_joins(tmp_path):
+    """A head with 1 CPU: the pool starts with one actor; a worker node with 2 CPUs joins while the long set is
+    synthesized, and shards then also run in actors on the new node."""
+    import ray
+
+    text = TWO.replace("synthesis_actors: 2", "synthesis_actors: auto").replace("steps: 10, step_size",
+                                                                                "steps: 40, step_size")
+    plan, store = _plan(tmp_path, text)
+    long = next(n for n in plan.nodes.values() if n.stage == "d_long")
+    cluster = RayCluster()
+    try:
+        address = cluster.start_head(num_cpus=1)
+        joined = []
+
+        def join_when_synthesis_runs():
+            deadline = time.time() + 300
+            while time.time() < deadline and not store.shard_indices(long.key, size=100):
+                time.sleep(0.2)
+            cluster.add_node(num_cpus=2)
+            joined.append(time.time())
+
+        t = threading.Thread(target=join_when_synthesis_runs, daemon=True)
+        t.start()
+        counts = run_plan_ray(plan, store, address=address, wandb_mode="disabled", log=print)
+        t.join(5)
+        nodes_used = {m["worker"]["ray_node"] for m in store.load_meta(long.key)["shard_meta"]}
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.stop()
+    assert joined and counts["ran"] == len(plan.nodes)
+    assert len(nodes_used) == 2, nodes_used  # the head's actor and at least one on the node that joined

@@ -1,0 +1,158 @@
+"""The streaming scheduler without Ray: a node is handed out as soon as its inputs are done (no wave barrier),
+leases are taken in batches and only for nodes about to start, a failure blocks only its descendants, and one
+store look per node at the start is all the store hears from it (counted)."""
+import pathlib
+import threading
+
+import pytest
+
+from sweeper.leases import Leases
+from sweeper.plan import build_plan
+from sweeper.scheduling import Scheduler
+from sweeper.spec import load
+from sweeper.store import Store
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PLAN = build_plan(load(ROOT / "search_spaces" / "toy.yaml"))  # std, robust -> d_det -> train_d_det, probe, evals
+
+
+def _sched(tmp_path, **kw):
+    store = Store(str(tmp_path / "store"))
+    store.claim()
+    leases = Leases(store, settle=0.01, poll=0.05)
+    return Scheduler(PLAN, store, leases, lambda m: None, **kw), store, leases
+
+
+def _labels(nodes):
+    return sorted(n.label for n in nodes)
+
+
+def _by(stage):
+    return next(n for n in PLAN.nodes.values() if n.stage == stage)
+
+
+def test_a_node_is_ready_when_its_own_inputs_are_done_not_its_wave(tmp_path):
+    sched, _, leases = _sched(tmp_path)
+    first = sched.take("tune", 8)
+    assert _labels(first) == ["robust", "std"]  # the only nodes without inputs
+    assert set(leases.held) == {n.key for n in first}
+    assert sched.take("pool", 1) == [] and sched.take("tune", 8) == []
+    sched.finish(_by("std").key)  # robust still runs: in wave order nothing of depth 1 would start
+    ready = _labels(sched.take("pool", 1) + sched.take("tune", 8))
+    assert "d_det" in ready and "robust" not in ready
+    assert all(PLAN.nodes[i].stage == "std" for n in sched.take("tune", 8) for i in n.inputs.values())
+    assert _by("std").key not in leases.held  # released when it ended
+
+
+def test_barrier_holds_a_node_until_every_shallower_node_is_done(tmp_path):
+    sched, _, _ = _sched(tmp_path, barrier=True)
+    assert _labels(sched.take("tune", 8)) == ["robust", "std"]
+    sched.finish(_by("std").key)
+    assert sched.take("pool", 1) == []  # robust (depth 0) is still running
+    sched.finish(_by("robust").key)
+    assert _labels(sched.take("pool", 1)) == ["d_det"]
+
+
+def test_a_failure_blocks_its_descendants_only_and_is_raised_at_the_end(tmp_path):
+    sched, _, _ = _sched(tmp_path)
+    sched.take("tune", 8)
+    sched.finish(_by("robust").key)
+    boom = RuntimeError("boom")
+    sched.finish(_by("std").key, boom)
+    blocked = {PLAN.nodes[k].stage for k in sched.blocked}
+    assert "d_det" in blocked and "train_d_det" in blocked and "robust" not in blocked
+    # the evaluation of robust alone does not need std: it still runs
+    left = sched.take("tune", 8)
+    assert left and all(_by("std").key not in n.inputs.values() for n in left)
+    for n in left:
+        sched.finish(n.key)
+    assert sched.over() and sched.finished()
+    with pytest.raises(RuntimeError, match="boom"):
+        sched.raise_failures()
+
+
+def test_leases_are_taken_in_batches_for_nodes_about_to_start(tmp_path):
+    sched, _, leases = _sched(tmp_path, batch=1)
+    got = sched.take("tune", 1)
+    assert len(got) == 1 and len(leases.held) == 1  # the other ready node stays free for other drivers
+    assert len(sched.take("tune", 1)) == 1 and len(leases.held) == 2
+
+
+def test_a_node_held_by_another_driver_is_waited_for_and_its_dependents_follow(tmp_path):
+    sched, store, _ = _sched(tmp_path)
+    other = Leases(store, settle=0.01)
+    std = _by("std")
+    assert other.acquire([std.key]) == [std.key]
+    assert _labels(sched.take("tune", 8)) == ["robust"]
+    assert std.key in sched.others
+    from sweeper import kinds
+
+    kinds.execute(std, kinds.Context.of(PLAN, store), _NoRun())  # the other driver computes it
+    other.release(std.key)
+    sched.wait(0.1)
+    got = _labels(sched.take("pool", 1) + sched.take("tune", 8))
+    assert "d_det" in got and sched.by_others == 1
+
+
+def test_has_ready_alone_notices_a_node_another_driver_finished(tmp_path):
+    """The Tune loop only asks has_ready() once the synthesis feeder is gone: that must look at other drivers'
+    nodes too, or a run whose last trials wait on another driver never ends."""
+    sched, store, _ = _sched(tmp_path)
+    other = Leases(store, settle=0.01)
+    std = _by("std")
+    other.acquire([std.key])
+    sched.take("tune", 8)
+    from sweeper import kinds
+
+    kinds.execute(std, kinds.Context.of(PLAN, store), _NoRun())
+    import time
+
+    time.sleep(0.1)  # past the poll interval
+    assert sched.has_ready("pool")  # d_det needs only std
+    assert sched.by_others == 1
+
+
+def test_one_store_look_per_node_then_none_while_handing_out(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    store.claim()
+    calls = []
+    real = store.is_done
+    store.is_done = lambda k, **kw: calls.append(k) or real(k, **kw)
+    sched = Scheduler(PLAN, store, Leases(store, settle=0.01), lambda m: None)
+    assert sorted(calls) == sorted(PLAN.nodes)
+    calls.clear()
+    while not sched.over():
+        for engine in ("tune", "pool", "driver"):
+            for n in sched.take(engine, 8):
+                sched.finish(n.key)
+    assert calls == []
+
+
+def test_take_is_safe_from_several_threads(tmp_path):
+    sched, _, _ = _sched(tmp_path)
+    seen, lock = [], threading.Lock()
+
+    def worker(engine):
+        while not sched.over():
+            for n in sched.take(engine, 1):
+                with lock:
+                    seen.append(n.key)
+                sched.finish(n.key)
+            sched.wait(0.01)
+
+    threads = [threading.Thread(target=worker, args=(e,)) for e in ("tune", "tune", "pool", "driver")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(seen) == sorted(PLAN.nodes)  # every node once
+
+
+class _NoRun:
+    error = None
+
+    def log(self, *a, **k):
+        pass
+
+    def summary(self, *a, **k):
+        pass
