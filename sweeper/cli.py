@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+PLAN_TABLE_MAX = 200  # `sweeper plan` prints every node up to this many, else a summary (--all: every node)
+
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -41,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a value of the sweep file (VALUE is YAML), e.g. --set data.root=store; "
                             "repeatable; give the same --set to plan, run and report")
+        if name == "plan":
+            s.add_argument("--all", dest="show_all", action="store_true",
+                           help=f"print every node even when the plan has more than {PLAN_TABLE_MAX} (by default a "
+                                "longer plan prints a summary: counts per stage, the first and last nodes)")
         if name == "run":
             s.add_argument("--address", default=None,
                            help="join a running Ray cluster ('auto' or HOST:PORT); default: RAY_ADDRESS if set, "
@@ -108,9 +114,14 @@ def _load(args):
 
 
 def _cmd_plan(args) -> int:
+    from .report import done_keys
+
     _, plan, store = _load(args)
-    done = {k for k in plan.nodes if store.is_done(k)}
-    print(plan.render(done))
+    done = done_keys(store, plan.nodes)
+    if args.show_all or len(plan.nodes) <= PLAN_TABLE_MAX:
+        print(plan.render(done))
+    else:
+        print(plan.render_summary(done))
     return 0
 
 
@@ -136,14 +147,15 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report
+    from .report import done_keys, write_report
 
     _, plan, store = _load(args)
-    missing = [n.label for n in plan.nodes.values() if not store.is_done(n.key)]
+    done = done_keys(store, plan.nodes)  # each node asked once; the report reuses it
+    missing = len(plan.nodes) - len(done)
     if missing:
-        print(f"note: {len(missing)} of {len(plan.nodes)} nodes are not done yet; the report covers the rest "
+        print(f"note: {missing} of {len(plan.nodes)} nodes are not done yet; the report covers the rest "
               f"(run `sweeper run {args.file}` to finish)", file=sys.stderr)
-    written = write_report(plan, store)
+    written = write_report(plan, store, done=done)
     _print_written(written)
     if "report.md" in written:
         print()

@@ -355,14 +355,24 @@ def transfer_points(rows: Iterable[Mapping[str, Any]], transfers: Iterable[Mappi
     measurement, ``{"arch", "seed", "test_acc", "transfer_rate"}``. The transfer rate is the mean
     ``target_rate`` of the transfer rows whose probe is a standard model (``probe_train_set == "D"``) of the
     row's architecture (and, when both carry ``synth_key``, of the same synthesized set)."""
-    transfers = list(transfers)
+    # the usable transfer rows indexed once by (probe arch, synthesized set), each with its position so that a
+    # row's rates are summed in the order of ``transfers`` (a scan per row was rows x transfers)
+    by_arch: dict[Any, list[tuple[int, float]]] = {}
+    by_set: dict[tuple[Any, Any], list[tuple[int, float]]] = {}
+    for i, t in enumerate(transfers):
+        if t.get("probe_train_set") == "D" and t.get("target_rate") is not None:
+            by_arch.setdefault(t.get("probe_arch"), []).append((i, t["target_rate"]))
+            by_set.setdefault((t.get("probe_arch"), t.get("synth_key")), []).append((i, t["target_rate"]))
     pts = []
     for r in rows:
         if r.get("train_set") != "D_det" or r.get("clean_acc") is None:
             continue
-        rates = [t["target_rate"] for t in transfers if t.get("probe_arch") == r.get("target_arch")
-                 and t.get("probe_train_set") == "D" and t.get("target_rate") is not None
-                 and (r.get("synth_key") is None or t.get("synth_key") is None or t["synth_key"] == r["synth_key"])]
+        arch = r.get("target_arch")
+        if r.get("synth_key") is None:  # any set
+            found = by_arch.get(arch, [])
+        else:  # the row's set, and rows that name no set
+            found = sorted(by_set.get((arch, r["synth_key"]), []) + by_set.get((arch, None), []))
+        rates = [rate for _, rate in found]
         if rates:
             pts.append({"arch": r["target_arch"], "seed": r.get("seed"), "test_acc": float(r["clean_acc"]),
                         "transfer_rate": sum(rates) / len(rates)})

@@ -6,12 +6,13 @@ two stages or grid points that compute the same thing share one node. No Ray, no
 """
 from __future__ import annotations
 
-import dataclasses
+import gc
 import hashlib
 import json
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .schema import (KINDS, AttackConfig, EvaluateStage, Stage, Sweep, SynthesizeStage, TrainStage,
                      TransferStage)
@@ -20,6 +21,20 @@ from .spec import dumps_point, topo_order
 CODE_VERSION = "1"
 # routing fields: represented by the input keys, so they do not enter the key
 _ROUTING = {"from_", "models"}
+
+
+@contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector while a plan or a report builds tens of thousands of small
+    objects without cycles (nodes, parsed metas, rows): its collections, repeated as the heap grows, cost a
+    quarter of the time otherwise. Its state is restored after, so nesting is harmless."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -122,19 +137,52 @@ class Plan:
             out["attacks"] = [a.name() for a in s.attacks]
         return out
 
-    def render(self, done: set[str] = frozenset()) -> str:
-        """A table of nodes (key, kind, label, inputs, status), then edge and per-kind counts."""
+    def _table(self, nodes, done) -> list[str]:
+        """Lines of a table of ``nodes`` (key, kind, label, inputs, status), with a header line."""
         rows = [("key", "kind", "label", "inputs", "status")]
-        for n in self.nodes.values():
+        for n in nodes:
             ins = ", ".join(f"{r}={self.nodes[k].label}" for r, k in n.inputs.items()) or "-"
             rows.append((n.key, n.kind, n.label, ins, "done" if n.key in done else "todo"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+        return ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+
+    def _totals(self, done) -> str:
         edges = sum(len(n.inputs) for n in self.nodes.values())
         n_done = sum(1 for k in self.nodes if k in done)
         per_kind = ", ".join(f"{k} {v}" for k, v in self.counts().items())
-        lines += ["", f"sweep {self.sweep.name}: {len(self.nodes)} nodes, {edges} edges, {len(self.waves())} waves; "
-                  f"{per_kind}; done {n_done}/{len(self.nodes)}"]
+        return (f"sweep {self.sweep.name}: {len(self.nodes)} nodes, {edges} edges, {len(self.waves())} waves; "
+                f"{per_kind}; done {n_done}/{len(self.nodes)}")
+
+    def render(self, done: set[str] = frozenset()) -> str:
+        """A table of nodes (key, kind, label, inputs, status), then edge and per-kind counts."""
+        return "\n".join(self._table(self.nodes.values(), done) + ["", self._totals(done)])
+
+    def render_summary(self, done: set[str] = frozenset(), head: int = 10, tail: int = 10) -> str:
+        """What ``sweeper plan`` prints for a long plan instead of :meth:`render`'s one line per node: nodes
+        and done per stage (a node that several stages ask for counts in each), the first ``head`` and last
+        ``tail`` nodes as :meth:`render` shows them, then the same edge and per-kind counts."""
+        per_stage: dict[str, list[int]] = {name: [0, 0] for name in self.sweep.stages}  # stage -> [nodes, done]
+        for n in self.nodes.values():
+            for st in n.stages:
+                c = per_stage.setdefault(st, [0, 0])
+                c[0] += 1
+                c[1] += n.key in done
+        rows = [("stage", "kind", "nodes", "done", "todo")] + [
+            (st, str(self.sweep.stages.get(st, {}).get("kind", "?")), f"{c[0]:,}", f"{c[1]:,}", f"{c[0] - c[1]:,}")
+            for st, c in per_stage.items()]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                 for r in rows]
+        nodes = list(self.nodes.values())
+        if len(nodes) <= head + tail:
+            lines += ["", "every node:"] + self._table(nodes, done)
+        else:
+            table = self._table(nodes[:head] + nodes[len(nodes) - tail:], done)
+            skipped = len(nodes) - head - tail
+            lines += ["", f"the first {head} and the last {tail} of {len(nodes):,} nodes, in plan order:"]
+            lines += (table[:head + 1] + [f"... {skipped:,} more (sweeper plan --all prints every node)"]
+                      + table[head + 1:])
+        lines += ["", self._totals(done)]
         return "\n".join(lines)
 
 
@@ -144,28 +192,64 @@ def _with_seed(model: Stage, sweep: Sweep) -> Stage:
     return model
 
 
+class _Draft:
+    """A node while the plan is being built (mutable: its stages grow, its label may become unique later)."""
+    __slots__ = ("key", "kind", "stage", "stages", "spec", "inputs", "point", "label", "robust_curve")
+
+    def __init__(self, **fields):
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str), with the encoder built once
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def build_plan(sweep: Sweep) -> Plan:
-    """Expand every stage over its grid points and its upstream nodes; identical keys share a node."""
+    """Expand every stage over its grid points and its upstream nodes; identical keys share a node.
+
+    Linear in the number of nodes: each grid point's params are dumped once (not once per node), each stage's
+    nodes are kept in a dict, and every Node is built once, when its label and robust curve are final."""
+    with gc_paused():
+        return _build_plan(sweep)
+
+
+def _build_plan(sweep: Sweep) -> Plan:
     plan = Plan(sweep=sweep)
     # the sweep seed picks the real-data subsets, so it is part of what every node computes
     data = {**sweep.data.model_dump(), "sweep_seed": sweep.seed}
-    by_stage: dict[str, list[str]] = {}
+    data_json, version = _dumps(data), _dumps(CODE_VERSION)
+    drafts: dict[str, _Draft] = {}  # key -> node being built, in topological order
+    by_stage: dict[str, dict[str, None]] = {}  # stage -> its node keys, in order of first appearance
     full: dict[str, dict] = {}  # key -> point with every key prefixed by its stage (for downstream nodes)
+    params: dict[int, tuple[Stage, str]] = {}  # id(spec) -> (spec, its params JSON); the spec keeps the id alive
+    labels: dict[tuple[str, int], tuple[dict, str]] = {}  # (stage, id(own)) -> (own, its label)
+
+    def key_of(kind: str, spec: Stage, inputs: dict) -> str:
+        got = params.get(id(spec))
+        if got is None or got[0] is not spec:
+            got = params[id(spec)] = (spec, _dumps(spec.model_dump(exclude=_ROUTING)))
+        # the text node_key hashes, byte for byte: json.dumps(body, sort_keys=True, ...) of
+        # {data, inputs, kind, params, version} (keys in sorted order), with the shared parts dumped once
+        text = (f'{{"data":{data_json},"inputs":{_dumps(inputs)},"kind":{_dumps(kind)},"params":{got[1]},'
+                f'"version":{version}}}')
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def add(stage: str, kind: str, spec: Stage, inputs: dict, own: dict) -> None:
-        key = node_key(kind, spec, inputs, data)
-        up = {k: v for i in inputs.values() for k, v in full[i].items()}
-        if key in plan.nodes:
-            old = plan.nodes[key]
+        key = key_of(kind, spec, inputs)
+        old = drafts.get(key)
+        if old is not None:
             if stage not in old.stages:
-                plan.nodes[key] = dataclasses.replace(old, stages=old.stages + (stage,))
+                old.stages += (stage,)
         else:
-            label = f"{stage}[{dumps_point(own)}]" if own else stage
-            plan.nodes[key] = Node(key=key, kind=kind, stage=stage, stages=(stage,), spec=spec,
-                                   inputs=dict(inputs), point={**up, **own}, label=label)
+            up = {k: v for i in inputs.values() for k, v in full[i].items()}
+            got = labels.get((stage, id(own)))
+            if got is None or got[0] is not own:
+                got = labels[(stage, id(own))] = (own, f"{stage}[{dumps_point(own)}]" if own else stage)
+            drafts[key] = _Draft(key=key, kind=kind, stage=stage, stages=(stage,), spec=spec, inputs=dict(inputs),
+                                 point={**up, **own}, label=got[1], robust_curve=None)
             full[key] = {**up, **{f"{stage}.{k}": v for k, v in own.items()}}
-        if key not in by_stage.setdefault(stage, []):
-            by_stage[stage].append(key)
+        by_stage.setdefault(stage, {})[key] = None
 
     for name in topo_order(sweep):
         for own, model in sweep.points[name]:
@@ -173,52 +257,67 @@ def build_plan(sweep: Sweep) -> Plan:
             if isinstance(model, TrainStage):
                 if model.from_ is None:
                     add(name, "train", spec, {}, own)
-                for u in by_stage.get(model.from_, []) if model.from_ else []:
+                for u in by_stage.get(model.from_, ()) if model.from_ else ():
                     add(name, "train", spec, {"data": u}, own)
             elif isinstance(model, SynthesizeStage):
                 for u in by_stage[model.from_]:
                     add(name, "synthesize", spec, {"source": u}, own)
             elif isinstance(model, EvaluateStage):
                 for src in model.sources:
+                    scoring = spec.model_copy(update={"from_": src})  # one per source, shared by its nodes
                     for u in by_stage[src]:
-                        add(name, "evaluate", spec.model_copy(update={"from_": src}), {"model": u}, own)
+                        add(name, "evaluate", scoring, {"model": u}, own)
             elif isinstance(model, TransferStage):
                 for s in by_stage[model.from_]:
                     for m in model.models:
                         for u in by_stage[m]:
                             add(name, "transfer", spec, {"data": s, "model": u}, own)
-    _unique_labels(plan)
-    for key, node in plan.nodes.items():
-        if node.kind == "train":
-            plan.nodes[key] = dataclasses.replace(node, robust_curve=_robust_curve(plan, node))
+    _unique_labels(drafts)
+    curve = _robust_curves(sweep, drafts.values())
+    for key, d in drafts.items():
+        if d.kind == "train":
+            d.robust_curve = curve(d)
+        plan.nodes[key] = Node(**{f: getattr(d, f) for f in _Draft.__slots__})
     return plan
 
 
-def _unique_labels(plan: Plan) -> None:
+def _unique_labels(nodes: dict) -> None:
     """A label that several nodes share (the evaluate nodes of one stage over several models, say) gets its
-    inputs' labels: ``eval(model=std)``. Inputs come first, so theirs are unique already."""
-    counts = Counter(n.label for n in plan.nodes.values())
-    for key, n in plan.nodes.items():
+    inputs' labels: ``eval(model=std)``. Inputs come first, so theirs are unique already. ``nodes``: key ->
+    a mutable node (build_plan's drafts)."""
+    counts = Counter(n.label for n in nodes.values())
+    for n in nodes.values():
         if counts[n.label] > 1:
-            ins = ",".join(f"{role}={plan.nodes[k].label}" for role, k in n.inputs.items())
-            plan.nodes[key] = dataclasses.replace(n, label=f"{n.label}({ins})")
+            ins = ",".join(f"{role}={nodes[k].label}" for role, k in n.inputs.items())
+            n.label = f"{n.label}({ins})"
 
 
-def _robust_curve(plan: Plan, node: Node) -> Optional[RobustCurve]:
+def _robust_curves(sweep: Sweep, nodes) -> Callable[[Node], Optional[RobustCurve]]:
     """How a training node measures robust accuracy during training (``run.robust_curve``), or None: the
     file's attack, or the sweep's evaluation attack for this model (the first attack of the evaluate node
-    that scores it, else of any evaluate node)."""
-    rc = plan.sweep.run.robust_curve
-    if rc.size == 0:
-        return None
-    if rc.attack != "auto":
-        attack = rc.attack
-    else:
-        evals = [n for n in plan.nodes.values() if n.kind == "evaluate" and n.spec.attacks]
-        mine = [n for n in evals if n.inputs.get("model") == node.key]
-        if not (mine or evals):
+    that scores it, else of any evaluate node). ``nodes``: the plan's, in plan order; the evaluate nodes are
+    indexed once (by the model they score), so a whole plan costs one pass, not one per training node."""
+    rc = sweep.run.robust_curve
+    first: Optional[Node] = None      # the first evaluate node with attacks, in plan order
+    scoring: dict[str, Node] = {}     # model key -> the first evaluate node with attacks that scores it
+    if rc.size != 0 and rc.attack == "auto":
+        for n in nodes:
+            if n.kind == "evaluate" and n.spec.attacks:
+                first = first or n
+                scoring.setdefault(n.inputs.get("model"), n)
+
+    def curve(node: Node) -> Optional[RobustCurve]:
+        if rc.size == 0:
             return None
-        attack = (mine or evals)[0].spec.attacks[0]
-    epochs = node.spec.train.epochs
-    every = max(1, -(-epochs // 10)) if rc.every == "auto" else int(rc.every)
-    return RobustCurve(size=int(rc.size), every=every, attack=attack)
+        if rc.attack != "auto":
+            attack = rc.attack
+        else:
+            ev = scoring.get(node.key, first)
+            if ev is None:
+                return None
+            attack = ev.spec.attacks[0]
+        epochs = node.spec.train.epochs
+        every = max(1, -(-epochs // 10)) if rc.every == "auto" else int(rc.every)
+        return RobustCurve(size=int(rc.size), every=every, attack=attack)
+
+    return curve

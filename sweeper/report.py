@@ -10,13 +10,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from importlib import resources
 
 import yaml
 
-from .plan import Plan
+from .plan import Plan, gc_paused
 from .spec import dumps_point
 from .store import Store
+
+# a report of a large sweep draws a sample, and says so in report.md: example grids of at most this many
+# synthesized sets (each one stage's share, evenly spread over its nodes), bar charts of at most this many groups
+MAX_EXAMPLE_GRIDS = 4
+MAX_BAR_GROUPS = 40
+REMOTE_READERS = 16  # parallel manifest reads on an object store (local disk: one thread, they are CPU-bound)
+ROWS_CHUNK = 1000  # evaluations whose metas are read (and held) at a time
 
 BASE_COLUMNS = ["sweep", "eval_key", "eval_stage", "eval_label", "model_key", "model_stage", "model_label",
                 "setting", "train_set", "train_size",
@@ -42,12 +50,69 @@ def worst_column(ball: str) -> str:
     return f"robust_worst[{ball}]"
 
 
-def transfer_rows(plan: Plan, store: Store) -> list[dict]:
+def _map(store: Store, fn, keys: list) -> list:
+    """``[fn(k) for k in keys]``, in parallel on an object store (each read is a round trip there)."""
+    with gc_paused():  # thousands of parsed manifests
+        if store.is_local or len(keys) < 2:
+            return [fn(k) for k in keys]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(REMOTE_READERS, len(keys))) as pool:
+            return list(pool.map(fn, keys))
+
+
+def done_keys(store: Store, keys) -> set[str]:
+    """The keys among ``keys`` whose node is done in the store (``Store.is_done`` of each, batched)."""
+    keys = list(keys)
+    return {k for k, ok in zip(keys, _map(store, store.is_done, keys)) if ok}
+
+
+class _Reads:
+    """What one report reads from the store, each at most once per node: whether it is done (or the ``done``
+    set given, e.g. the one ``sweeper report`` computed for its note), and its meta."""
+
+    def __init__(self, store: Store, done: set[str] | None = None):
+        self.store, self._given = store, done
+        self._done: dict[str, bool] = {}
+        self._meta: dict[str, dict] = {}
+
+    def done(self, keys: list[str]) -> list[bool]:
+        if self._given is not None:
+            return [k in self._given for k in keys]
+        todo = [k for k in dict.fromkeys(keys) if k not in self._done]
+        self._done.update(zip(todo, _map(self.store, self.store.is_done, todo)))
+        return [self._done[k] for k in keys]
+
+    def prefetch(self, keys) -> None:
+        todo = [k for k in dict.fromkeys(keys) if k not in self._meta]
+        self._meta.update(zip(todo, _map(self.store, self.store.load_meta, todo)))
+
+    def meta(self, key: str) -> dict:
+        if key not in self._meta:
+            self._meta[key] = self.store.load_meta(key)
+        return self._meta[key]
+
+    def forget(self, keys) -> None:
+        """Drop metas no longer needed (a large sweep's would otherwise all stay in memory)."""
+        for k in keys:
+            self._meta.pop(k, None)
+
+
+def _done_nodes(plan: Plan, reads: _Reads, kind: str) -> list:
+    nodes = [n for n in plan.nodes.values() if n.kind == kind]
+    return [n for n, ok in zip(nodes, reads.done([n.key for n in nodes])) if ok]
+
+
+def transfer_rows(plan: Plan, store: Store, done: set[str] | None = None, *,
+                  _reads: _Reads | None = None) -> list[dict]:
+    """One row per finished transfer node, in plan order (``done``: the keys known to be done, else asked)."""
+    reads = _reads or _Reads(store, done)
+    nodes = _done_nodes(plan, reads, "transfer")
+    reads.prefetch(n.key for n in nodes)
     rows = []
-    for node in plan.nodes.values():
-        if node.kind != "transfer" or not store.is_done(node.key):
-            continue
-        m = store.load_meta(node.key)
+    for node in nodes:
+        m = reads.meta(node.key)
+        reads.forget([node.key])
         probe = plan.nodes[node.inputs["model"]]
         rows.append({"synth_key": node.inputs["data"], "synth_label": plan.nodes[node.inputs["data"]].label,
                      "probe_key": probe.key, "probe_label": probe.label, "probe_arch": probe.spec.arch,
@@ -56,12 +121,13 @@ def transfer_rows(plan: Plan, store: Store) -> list[dict]:
     return rows
 
 
-def _synth_fields(plan: Plan, store: Store, model_node, transfers: list[dict]) -> dict:
+def _synth_fields(plan: Plan, reads: _Reads, model_node, by_synth: dict[str, list[dict]]) -> dict:
+    """The synthesized set a model was trained on (``by_synth``: the transfer rows per set, in plan order)."""
     if "data" not in model_node.inputs:
         return {}
     synth = plan.nodes[model_node.inputs["data"]]
     source = plan.nodes[synth.inputs["source"]]
-    sm = store.load_meta(synth.key)
+    sm = reads.meta(synth.key)
     p = synth.spec
     out = {"source_arch": source.spec.arch, "source_stage": source.stage, "synth_key": synth.key,
            "synth_method": p.method}
@@ -69,7 +135,7 @@ def _synth_fields(plan: Plan, store: Store, model_node, transfers: list[dict]) -
         out.update(synth_norm=p.attack.norm, synth_eps=p.attack.eps, synth_steps=p.attack.steps,
                    hit_rate=sm.get("hit_rate"))
         # probes of this set other than its own source; a probe of the retrained model's arch first
-        mine = [t for t in transfers if t["synth_key"] == synth.key and t["probe_key"] != source.key]
+        mine = [t for t in by_synth.get(synth.key, ()) if t["probe_key"] != source.key]
         mine.sort(key=lambda t: t["probe_arch"] != model_node.spec.arch)
         for t in mine:
             if t["probe_train_set"] == "D_adv" and out.get("robust_reads_original") is None:
@@ -81,47 +147,67 @@ def _synth_fields(plan: Plan, store: Store, model_node, transfers: list[dict]) -
     return out
 
 
-def build_rows(plan: Plan, store: Store) -> list[dict]:
-    """One row per finished evaluation, in plan order."""
-    transfers = transfer_rows(plan, store)
-    rows = []
-    for node in plan.nodes.values():
-        if node.kind != "evaluate" or not store.is_done(node.key):
-            continue
-        m = store.load_meta(node.key)
-        model = plan.nodes[node.inputs["model"]]
-        mm = store.load_meta(model.key)
-        row = {c: None for c in BASE_COLUMNS}
-        setting = dumps_point({k: v for k, v in model.point.items() if k != "seed"})
-        row.update(sweep=plan.sweep.name, eval_key=node.key, eval_stage=node.stage, eval_label=node.label,
-                   setting=setting or "-", model_key=model.key, model_stage=model.stage,
-                   model_label=model.label, train_set=plan.train_set(model), train_size=mm["n_train"],
-                   target_arch=model.spec.arch, seed=model.spec.seed, clean_acc=m["clean_acc"],
-                   shifted_acc=m["shifted_acc"], worst_acc=m["worst_acc"], eval_n=m["n"])
-        row.update(_synth_fields(plan, store, model, transfers))
-        for r in m["robust"]:
-            row[attack_column(r)] = r["acc"]
-        balls = m.get("worst_by_ball")
-        if balls is None and m["robust"]:  # written before worst_by_ball existed: recompute from the stored flags
-            from .evaluation import worst_by_ball  # torch: only for such older stores
+def build_rows(plan: Plan, store: Store, done: set[str] | None = None, *, _reads: _Reads | None = None,
+               _transfers: list[dict] | None = None) -> list[dict]:
+    """One row per finished evaluation, in plan order (``done``: the keys known to be done, else asked).
 
-            t = store.load_tensors(node.key)
-            attacks = {a.name(): a for a in node.spec.attacks}
-            balls = worst_by_ball(attacks, {k: t[f"robust.{k}"].bool() for k in attacks})
-        for ball, w in (balls or {}).items():
-            row[worst_column(ball)] = w["acc"]
-            if w.get("gap") is not None:
-                row[f"pgd_gap[{ball}]"] = w["gap"]
-        rows.append(row)
+    The metas are read ROWS_CHUNK evaluations at a time (in parallel on an object store) and dropped after,
+    except the synthesized sets', which many rows share and which are read once."""
+    with gc_paused():
+        return _build_rows(plan, _reads or _Reads(store, done), _transfers)
+
+
+def _build_rows(plan: Plan, reads: _Reads, _transfers: list[dict] | None) -> list[dict]:
+    transfers = transfer_rows(plan, reads.store, _reads=reads) if _transfers is None else _transfers
+    by_synth: dict[str, list[dict]] = {}
+    for t in transfers:
+        by_synth.setdefault(t["synth_key"], []).append(t)
+    evals = _done_nodes(plan, reads, "evaluate")
+    rows = []
+    for i in range(0, len(evals), ROWS_CHUNK):
+        part = evals[i:i + ROWS_CHUNK]
+        models = [plan.nodes[n.inputs["model"]] for n in part]
+        reads.prefetch([n.key for n in part] + [m.key for m in models]
+                       + [m.inputs["data"] for m in models if "data" in m.inputs])
+        rows += [_row(plan, reads, node, model, by_synth) for node, model in zip(part, models)]
+        reads.forget([n.key for n in part] + [m.key for m in models])
     return rows
 
 
+def _row(plan: Plan, reads: _Reads, node, model, by_synth: dict[str, list[dict]]) -> dict:
+    """The results row of one finished evaluation ``node`` of ``model``."""
+    m = reads.meta(node.key)
+    mm = reads.meta(model.key)
+    row = {c: None for c in BASE_COLUMNS}
+    setting = dumps_point({k: v for k, v in model.point.items() if k != "seed"})
+    row.update(sweep=plan.sweep.name, eval_key=node.key, eval_stage=node.stage, eval_label=node.label,
+               setting=setting or "-", model_key=model.key, model_stage=model.stage,
+               model_label=model.label, train_set=plan.train_set(model), train_size=mm["n_train"],
+               target_arch=model.spec.arch, seed=model.spec.seed, clean_acc=m["clean_acc"],
+               shifted_acc=m["shifted_acc"], worst_acc=m["worst_acc"], eval_n=m["n"])
+    row.update(_synth_fields(plan, reads, model, by_synth))
+    for r in m["robust"]:
+        row[attack_column(r)] = r["acc"]
+    balls = m.get("worst_by_ball")
+    if balls is None and m["robust"]:  # written before worst_by_ball existed: recompute from the stored flags
+        from .evaluation import worst_by_ball  # torch: only for such older stores
+
+        t = reads.store.load_tensors(node.key)
+        attacks = {a.name(): a for a in node.spec.attacks}
+        balls = worst_by_ball(attacks, {k: t[f"robust.{k}"].bool() for k in attacks})
+    for ball, w in (balls or {}).items():
+        row[worst_column(ball)] = w["acc"]
+        if w.get("gap") is not None:
+            row[f"pgd_gap[{ball}]"] = w["gap"]
+    return row
+
+
 def to_csv(rows: list[dict]) -> str:
-    cols: list[str] = []
+    cols: dict[str, None] = {}  # every row's columns, in order of first appearance
     for r in rows:
-        cols += [c for c in r if c not in cols]
+        cols.update(dict.fromkeys(r))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
+    w = csv.DictWriter(buf, fieldnames=list(cols))
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
@@ -138,7 +224,7 @@ GROUP = ["eval_stage", "model_stage", "setting", "train_set", "train_size", "tar
 
 
 def _cols(rows: list[dict], prefix: str) -> list[str]:
-    return sorted({c for r in rows for c in r if c.startswith(prefix)})
+    return sorted(c for c in set().union(*rows) if c.startswith(prefix))
 
 
 def summary(rows: list[dict]):
@@ -166,6 +252,14 @@ def _ball_label(col: str) -> str:
     return f"{norm} eps {eps}"
 
 
+def _base_key(rec: dict) -> tuple:
+    """What a D_R / D_NR group shares with its clean baseline (see :func:`claims`); NaN sizes never match."""
+    size = rec["train_size"]
+    if isinstance(size, float) and math.isnan(size):
+        size = object()  # NaN == NaN is False in the comparison this replaces: match nothing
+    return size, rec["target_arch"], rec["eval_stage"]
+
+
 def claims(summ, num_classes: int) -> list[dict]:
     """The paper's claims checked on this sweep's numbers (means over seeds): D_R more and D_NR less robust than
     a clean model trained on the same number of real images (largest ball's worst case), D_rand and D_det above
@@ -181,19 +275,22 @@ def claims(summ, num_classes: int) -> list[dict]:
         if norm not in largest or float(c[c.index("_eps") + 4:-1]) > float(largest[norm][largest[norm].index("_eps") + 4:-1]):
             largest[norm] = c
     for col in largest.values():
+        # the same number of real images, the same arch, scored by the same evaluate stage (same attacks): the
+        # first such clean (D) group with a value, indexed once
+        bases: dict[tuple, dict] = {}
+        for b in recs:
+            if b["train_set"] == "D" and not math.isnan(b[f"{col}_mean"]):
+                bases.setdefault(_base_key(b), b)
         for ts, sign, paper in (("D_R", 1, "D_R 48.3% vs D 4.5%"), ("D_NR", -1, "D_NR 0.8% vs D 4.5%")):
             for r in (r for r in recs if r["train_set"] == ts):
-                # the same number of real images, the same arch, scored by the same evaluate stage (same attacks)
-                base = [b for b in recs if b["train_set"] == "D" and b["train_size"] == r["train_size"]
-                        and b["target_arch"] == r["target_arch"] and b["eval_stage"] == r["eval_stage"]
-                        and not math.isnan(b[f"{col}_mean"])]
-                if not base or math.isnan(r[f"{col}_mean"]):
+                base = bases.get(_base_key(r))
+                if base is None or math.isnan(r[f"{col}_mean"]):
                     continue
-                d = r[f"{col}_mean"] - base[0][f"{col}_mean"]
+                d = r[f"{col}_mean"] - base[f"{col}_mean"]
                 out.append({"claim": f"{ts} ({r['model_stage']}) {'more' if sign > 0 else 'less'} robust than the "
-                                     f"same-size clean baseline ({base[0]['model_stage']}, n={r['train_size']}), "
+                                     f"same-size clean baseline ({base['model_stage']}, n={r['train_size']}), "
                                      f"{_ball_label(col)}",
-                            "here": f"{_pm(r, col)} vs {_pm(base[0], col)}: {100 * d:+.1f} points",
+                            "here": f"{_pm(r, col)} vs {_pm(base, col)}: {100 * d:+.1f} points",
                             "paper": paper, "holds": sign * d > 0})
     chance = 1.0 / max(num_classes, 1)
     for ts, paper in (("D_rand", "63.3% (CIFAR-10)"), ("D_det", "43.7% (CIFAR-10)")):
@@ -207,15 +304,16 @@ def claims(summ, num_classes: int) -> list[dict]:
 
 
 def markdown(plan: Plan, rows: list[dict], transfers: list[dict], pictures: dict | None = None,
-             num_classes: int = 10) -> str:
+             num_classes: int = 10, summ=None) -> str:
     """report.md: the claims, the mean over seeds, every evaluation, then the Figure 2 / Table 1 analogues
-    beside the paper's numbers, the evaluation's strength and the pictures of the constructed sets."""
+    beside the paper's numbers, the evaluation's strength and the pictures of the constructed sets.
+    ``summ``: ``summary(rows)`` when the caller has it already."""
     ref = paper_reference()
-    robust_cols = sorted({c for r in rows for c in r if c.startswith("robust_acc[")})
+    robust_cols = _cols(rows, "robust_acc[")
     lines = [f"# sweeper report: {plan.sweep.name}", "", plan.sweep.description or "", "",
              f"Dataset: {plan.sweep.data.dataset}; evaluated on {rows[0]['eval_n'] if rows else 0} test images.", ""]
     if rows:
-        lines += _summary_lines(summary(rows), rows, num_classes)
+        lines += _summary_lines(summary(rows) if summ is None else summ, rows, num_classes)
     lines += ["## Every evaluation", ""]
     head = ["model", "train set", "n", "arch", "clean", "shifted (y+1)"] + robust_cols + ["hit rate",
             "robust model reads original", "transfer to independent model"]
@@ -313,18 +411,45 @@ def _summary_lines(summ, rows: list[dict], num_classes: int) -> list[str]:
     return lines
 
 
-def pictures(plan: Plan, store: Store, n: int = 8) -> tuple[dict[str, bytes], str | None]:
-    """Example grids of every finished synthesize node ({"examples_<label>.png": png}), and a note when they
-    could not be drawn (the sweep's training images are not readable here)."""
+def _sample_synth(nodes: list) -> tuple[list, str | None]:
+    """At most MAX_EXAMPLE_GRIDS of the finished synthesize nodes (all of them when there are no more), and a
+    note saying how they were picked: every stage its share (round robin over the stages, in plan order),
+    spread evenly over the stage's nodes (:func:`~sweeper.figures.pick_examples`); returned in plan order."""
+    if len(nodes) <= MAX_EXAMPLE_GRIDS:
+        return nodes, None
+    from .figures import pick_examples
+
+    by_stage: dict[str, list] = {}
+    for nd in nodes:
+        by_stage.setdefault(nd.stage, []).append(nd)
+    share = dict.fromkeys(by_stage, 0)
+    left = MAX_EXAMPLE_GRIDS
+    while left:
+        for st, members in by_stage.items():
+            if left and share[st] < len(members):
+                share[st] += 1
+                left -= 1
+    keep = {members[i].key for st, members in by_stage.items() for i in pick_examples(len(members), share[st])}
+    picked = [nd for nd in nodes if nd.key in keep]
+    return picked, (f"example grids drawn for {len(picked)} of the {len(nodes):,} synthesized sets (each stage its "
+                    "share, evenly spread over its nodes); every set is in the store")
+
+
+def pictures(plan: Plan, store: Store, n: int = 8, *,
+             _reads: _Reads | None = None) -> tuple[dict[str, bytes], str | None]:
+    """Example grids of the finished synthesize nodes ({"examples_<label>.png": png}; of a sample of
+    MAX_EXAMPLE_GRIDS when there are more), and a note when they could not be drawn (the sweep's training
+    images are not readable here) or were sampled."""
     from . import data_store
     from .errors import DataNotFoundError
     import torch
 
     from .figures import class_names_for, example_grid, pick_examples
 
-    nodes = [nd for nd in plan.nodes.values() if nd.kind == "synthesize" and store.is_done(nd.key)]
+    nodes = _done_nodes(plan, _reads or _Reads(store), "synthesize")
     if not nodes:
         return {}, None
+    nodes, sample_note = _sample_synth(nodes)
     try:
         train = data_store.load_split(plan.sweep.data, "train")
     except DataNotFoundError as e:
@@ -349,47 +474,67 @@ def pictures(plan: Plan, store: Store, n: int = 8) -> tuple[dict[str, bytes], st
             start, t["x"][pick], t["orig_y"][pick], t["y"][pick], target=train.x[idx] if inversion else None,
             start_y=train.y[start_idx.clamp_min(0)] if inversion else None, class_names=names, n=len(pick),
             title=title)
-    return out, None
+    return out, sample_note
 
 
-def figures(rows: list[dict], transfers: list[dict]) -> dict[str, bytes]:
+def _first_groups(summ, title: str):
+    """(the first MAX_BAR_GROUPS groups of a summary, the title): a bar chart of more would be unreadable (and
+    its PNG hundreds of thousands of pixels wide); the title says so, summary.csv has every group."""
+    if len(summ) <= MAX_BAR_GROUPS:
+        return summ, title
+    return summ.head(MAX_BAR_GROUPS), (f"{title}\n(the first {MAX_BAR_GROUPS} of {len(summ):,} groups; summary.csv "
+                                       "has all)")
+
+
+def figures(rows: list[dict], transfers: list[dict], summ=None) -> dict[str, bytes]:
     """PNG bytes: Figure 2 and Table 1 analogues as bars of the mean over seeds with the std as error bars and
-    each seed as a dot; Figure 3 (D_det accuracy against transfer rate) when two or more archs trained on D_det."""
+    each seed as a dot (the first MAX_BAR_GROUPS groups); Figure 3 (D_det accuracy against transfer rate) when
+    two or more archs trained on D_det. ``summ``: ``summary(rows)`` when the caller has it already."""
     from .figures import bar_with_errors, transfer_figure, transfer_points
 
     out = {}
     if not rows:
         return out
-    summ = summary(rows)
+    summ = summary(rows) if summ is None else summ
     worst = _cols(rows, "robust_worst[") or _cols(rows, "robust_acc[")
-    f2 = summ[summ["train_set"].isin(["D", "D_adv", "D_R", "D_NR"])]
+    f2, title = _first_groups(summ[summ["train_set"].isin(["D", "D_adv", "D_R", "D_NR"])],
+                              "Figure 2 analogue: clean and worst-case robust accuracy")
     if len(f2):
         out["figure2.png"] = bar_with_errors(f2, value_cols=["clean_acc"] + worst,
-                                             label_cols=["train_set", "model_stage", "train_size"],
-                                             title="Figure 2 analogue: clean and worst-case robust accuracy")
-    t1 = summ[summ["train_set"].isin(["D", "D_rand", "D_det"])]
+                                             label_cols=["train_set", "model_stage", "train_size"], title=title)
+    t1, title = _first_groups(summ[summ["train_set"].isin(["D", "D_rand", "D_det"])],
+                              "Table 1 analogue: true-label and shifted-label (y+1) accuracy")
     if len(t1):
         out["table1.png"] = bar_with_errors(t1, value_cols=["clean_acc", "shifted_acc"],
-                                            label_cols=["train_set", "model_stage", "train_size"],
-                                            title="Table 1 analogue: true-label and shifted-label (y+1) accuracy")
+                                            label_cols=["train_set", "model_stage", "train_size"], title=title)
     pts = transfer_points(rows, transfers)
     if len({p["arch"] for p in pts}) >= 2:
         out["figure3.png"] = transfer_figure(pts)  # the paper's CIFAR-10 points are in report.md, not on this axis
     return out
 
 
-def write_report(plan: Plan, store: Store) -> dict:
-    """Write every report file under ``reports/<sweep>/``; returns {name: store path}."""
+def write_report(plan: Plan, store: Store, done: set[str] | None = None) -> dict:
+    """Write every report file under ``reports/<sweep>/``; returns {name: store path}. ``done``: the keys of
+    the plan known to be done (``sweeper report`` has them already), else each node is asked once."""
+    # tens of thousands of metas, rows and cells, none in a cycle: the collector's passes over them cost more than
+    # it could free (the figures are cycles, but at most MAX_EXAMPLE_GRIDS + 3 of them; freed when it resumes)
+    with gc_paused():
+        return _write_report(plan, store, done)
+
+
+def _write_report(plan: Plan, store: Store, done: set[str] | None) -> dict:
     from . import data_store
     from .errors import DataNotFoundError
 
-    rows = build_rows(plan, store)
-    transfers = transfer_rows(plan, store)
+    reads = _Reads(store, done)
+    transfers = transfer_rows(plan, store, _reads=reads)
+    rows = build_rows(plan, store, _reads=reads, _transfers=transfers)
+    summ = summary(rows) if rows else None
     base = f"reports/{plan.sweep.name}"
     written = {}
     try:  # data.root: store -> the pushed copy, for the pictures and the class count
         plan = data_store.resolve_data_root(plan, store)
-        pics, note = pictures(plan, store)
+        pics, note = pictures(plan, store, _reads=reads)
     except DataNotFoundError as e:
         pics, note = {}, f"example grids not drawn: {e}"
     try:
@@ -398,14 +543,14 @@ def write_report(plan: Plan, store: Store) -> dict:
         num_classes = 10
     except ValueError:  # data.root: store not pushed (said in the note above)
         num_classes = 10
-    md = markdown(plan, rows, transfers, pics, num_classes) + (f"\n{note}\n" if note else "")
-    summ_csv = summary(rows).to_csv(index=False) if rows else ""
+    md = markdown(plan, rows, transfers, pics, num_classes, summ=summ) + (f"\n{note}\n" if note else "")
+    summ_csv = summ.to_csv(index=False) if rows else ""
     texts = {"results.csv": to_csv(rows), "results.json": json.dumps(rows, indent=1),
              "summary.csv": summ_csv, "transfer.csv": to_csv(transfers), "report.md": md}
     for name, text in texts.items():
         store.write_bytes(f"{base}/{name}", text.encode())
         written[name] = store.path(base, name)
-    for name, png in {**figures(rows, transfers), **pics}.items():
+    for name, png in {**figures(rows, transfers, summ=summ), **pics}.items():
         store.write_bytes(f"{base}/{name}", png)
         written[name] = store.path(base, name)
     return written

@@ -161,10 +161,34 @@ def count_points(raw_stage: dict) -> int:
     return math.prod(len(axis) for axis in _stage_axes(raw_stage)[1])
 
 
+def _without_grids(obj: Any, memo: Optional[dict] = None) -> Any:
+    """A copy of a raw stage with every ``{grid: [...]}`` leaf replaced by None; a mapping or list shared in
+    the stage (a YAML alias) stays shared in the copy, as ``copy.deepcopy`` keeps it. The stage's size and
+    depth were bounded by :func:`_walk_grids` already."""
+    if _is_grid(obj):
+        return None
+    if not isinstance(obj, (dict, list)):
+        return obj
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    out: Any = {} if isinstance(obj, dict) else []
+    memo[id(obj)] = out
+    if isinstance(obj, dict):
+        out.update((k, _without_grids(v, memo)) for k, v in obj.items())
+    else:
+        out.extend(_without_grids(v, memo) for v in obj)
+    return out
+
+
 def _iter_points(raw: dict, axes: list[list]):
-    """(point, concrete stage) one at a time, in cartesian order (the first point first)."""
+    """(point, concrete stage) one at a time, in cartesian order (the first point first).
+
+    Each point copies the stage with its grid lists left out (every grid leaf is set from the point anyway),
+    so a point costs the size of the stage, not of all its grids together."""
+    template = _without_grids(raw)
     for combo in itertools.product(*axes):
-        concrete, point = copy.deepcopy(raw), {}
+        concrete, point = copy.deepcopy(template), {}
         for item in combo:
             for path, value in (item if isinstance(item[0], tuple) else (item,)):
                 _set_path(concrete, path, value)

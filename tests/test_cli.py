@@ -70,3 +70,38 @@ def test_exit_codes_come_from_the_errors_module(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(sweeper.cli, "_cmd_plan", stop)
         assert main(["plan", str(TOY), "--store", str(tmp_path / "s")]) == code
         assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_long_plan_prints_a_summary_and_all_prints_every_node(tmp_path, capsys):
+    """Past PLAN_TABLE_MAX nodes `sweeper plan` prints nodes and done per stage, the first and last nodes and
+    the totals line instead of one line per node; --all prints the table (a short plan always does)."""
+    from sweeper.cli import PLAN_TABLE_MAX
+    from sweeper.plan import build_plan
+    from sweeper.spec import load
+    from sweeper.store import Store
+
+    store = str(tmp_path / "store")
+    eps = ", ".join(f"{0.01 * (i + 1):.2f}" for i in range(60))
+    sets = ["--set", f"stages.d_det.attack.eps={{grid: [{eps}]}}"]
+    plan = build_plan(load(TOY, {"stages.d_det.attack.eps": {"grid": [round(0.01 * (i + 1), 2) for i in range(60)]}}))
+    n = len(plan.nodes)
+    assert n == 2 + 4 * 60 + 2 > PLAN_TABLE_MAX  # std, robust; d_det, train_d_det, probe, eval per eps; 2 evals
+    first = next(iter(plan.nodes.values()))
+    Store(store).save(first.key, meta={"kind": first.kind})  # one node done
+    assert main(["plan", str(TOY), "--store", store, *sets]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(_keys(out)) == 20 and _keys(out)[0] == first.key and _keys(out)[-1] == list(plan.nodes)[-1]
+    assert lines[0].split() == ["stage", "kind", "nodes", "done", "todo"]
+    assert lines[1].split() == ["std", "train", "1", "1", "0"]
+    assert lines[3].split() == ["d_det", "synthesize", "60", "0", "60"]
+    assert lines[6].split() == ["eval", "evaluate", "62", "0", "62"]
+    assert f"the first 10 and the last 10 of {n} nodes, in plan order:" in lines
+    assert f"... {n - 20} more (sweeper plan --all prints every node)" in lines
+    assert lines[-1].startswith(f"sweep toy: {n} nodes, ") and lines[-1].endswith(f"done 1/{n}")
+    assert main(["plan", str(TOY), "--store", store, *sets, "--all"]) == 0
+    full = capsys.readouterr().out
+    assert _keys(full) == list(plan.nodes) and full.strip() == plan.render({first.key})
+    assert full.splitlines()[-1] == lines[-1]
+    assert main(["plan", str(TOY), "--store", store]) == 0  # 8 nodes: the table, as always
+    assert len(_keys(capsys.readouterr().out)) == 8

@@ -185,6 +185,31 @@ def test_transfer_points_from_report_rows():
                    {"arch": "mlp", "seed": 0, "test_acc": 0.2, "transfer_rate": 0.4}]
 
 
+
+def test_transfer_points_match_a_scan_of_every_transfer_per_row():
+    """transfer_points indexes the transfers once; each row still gets the mean over exactly the transfers a
+    scan would pick (the row's set, transfers naming no set, rows naming no set), summed in the same order."""
+    import random
+
+    rng = random.Random(0)
+    archs, sets = ["mlp", "small_cnn", "wide_cnn"], ["s1", "s2", "s3", None]
+    transfers = [{"probe_arch": rng.choice(archs), "probe_train_set": rng.choice(["D", "D", "D_adv"]),
+                  "target_rate": rng.choice([rng.random(), None]), **({} if k is None else {"synth_key": k})}
+                 for k in (rng.choice(sets) for _ in range(300))]
+    rows = [{"train_set": rng.choice(["D_det", "D_det", "D"]), "target_arch": rng.choice(archs + ["vgg"]),
+             "seed": i, "clean_acc": rng.choice([rng.random(), None]), "synth_key": rng.choice(sets)}
+            for i in range(200)]
+
+    def scan(r):
+        return [t["target_rate"] for t in transfers if t.get("probe_arch") == r.get("target_arch")
+                and t.get("probe_train_set") == "D" and t.get("target_rate") is not None
+                and (r.get("synth_key") is None or t.get("synth_key") is None or t["synth_key"] == r["synth_key"])]
+
+    want = [{"arch": r["target_arch"], "seed": r["seed"], "test_acc": float(r["clean_acc"]),
+             "transfer_rate": sum(scan(r)) / len(scan(r))}
+            for r in rows if r["train_set"] == "D_det" and r["clean_acc"] is not None and scan(r)]
+    assert len(want) > 20 and F.transfer_points(rows, transfers) == want  # == on floats: the same sums
+
 def test_transfer_figure_draws_points_line_and_rejects_empty():
     pts = [{"arch": a, "seed": s, "transfer_rate": tr + 0.01 * s, "test_acc": ta + 0.02 * s}
            for a, tr, ta in [("small_cnn", 0.9, 0.4), ("mlp", 0.5, 0.2), ("resnet18", 0.7, 0.3)] for s in range(3)]

@@ -187,3 +187,36 @@ def test_attack_options_at_their_defaults_keep_keys_and_others_change_them():
     margin = build_plan(loads(BASE.replace("steps: 3}", "steps: 3, loss: margin}")))
     changed = set(margin.nodes) - set(a.nodes)
     assert changed and all(margin.nodes[k].stage in ("d_det", "retrain", "probe", "eval") for k in changed)
+
+
+def test_keys_are_node_key_of_each_node_and_shipped_sweeps_keep_theirs():
+    """build_plan hashes each grid point's params once (not once per node); every key is still exactly
+    node_key(kind, spec, inputs, data) of its node, in a plan with fan-out, shared nodes and several sources."""
+    import glob
+    import pathlib
+
+    from sweeper.plan import node_key
+    from sweeper.spec import load
+
+    text = BASE.replace("  probe:", "  std_copy: {kind: train, arch: small_cnn, train_size: 500, "
+                                    "train: {epochs: 1, lr: 0.05}}\n  probe:")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for sweep in [loads(text)] + [load(f) for f in sorted(glob.glob(str(root / "search_spaces" / "*.yaml")))]:
+        plan = build_plan(sweep)
+        data = {**sweep.data.model_dump(), "sweep_seed": sweep.seed}
+        for key, n in plan.nodes.items():
+            assert key == n.key == node_key(n.kind, n.spec, n.inputs, data), n.label
+
+
+def test_the_robust_curve_of_every_training_node_is_its_own_evaluation_attack():
+    """The index of evaluate nodes by model (one pass for the plan) picks what a scan per node picked: the first
+    attack of the first evaluate node scoring the model, else of the first evaluate node with attacks."""
+    text = BASE.replace("    from: [std, retrain]\n    attacks: [{norm: l2, eps: 0.5, steps: 2}]",
+                        "    from: [retrain]\n    attacks: [{norm: l2, eps: 0.5, steps: 2}]\n"
+                        "  eval_std: {kind: evaluate, from: std, attacks: [{norm: linf, eps: 0.1, steps: 3}]}\n"
+                        "  eval_clean: {kind: evaluate, from: std_b, attacks: []}")
+    plan = build_plan(loads(text))
+    curves = {n.stage: n.robust_curve.attack for n in plan.nodes.values() if n.kind == "train"}
+    assert (curves["std"].norm, curves["std"].eps) == ("linf", 0.1)      # its own evaluate node
+    assert (curves["retrain"].norm, curves["retrain"].eps) == ("l2", 0.5)
+    assert (curves["std_b"].norm, curves["std_b"].eps) == ("l2", 0.5)    # clean-only eval: the first with attacks

@@ -50,10 +50,10 @@ NUMBERS = {("baseline", 0): (0.80, 0.30, 0.26), ("baseline", 1): (0.82, 0.28, 0.
            ("train_d_det", 0): (0.45, 0.0, 0.0), ("train_d_det", 1): (0.51, 0.0, 0.0)}
 
 
-def _filled(tmp_path):
+def _filled(tmp_path, uri: str | None = None):
     sweep = spec.loads(SWEEP)
     plan = build_plan(sweep)
-    store = Store(str(tmp_path / "s"))
+    store = Store(uri or str(tmp_path / "s"))
     train = data_store.load_split(sweep.data, "train")
     for key, n in plan.nodes.items():
         if n.kind == "train":
@@ -131,3 +131,60 @@ def test_evaluations_of_older_code_get_their_worst_case_from_the_stored_flags(tm
     row = next(r for r in build_rows(plan, store) if r["eval_key"] == node.key)
     assert row[worst_column("l2_eps1")] == pytest.approx(3 / 6)
     assert row["pgd_gap[l2_eps1]"] == pytest.approx(4 / 6 - 3 / 6)
+
+
+def test_a_large_sweep_gets_a_sample_of_example_grids_and_of_bar_groups(tmp_path, monkeypatch):
+    """Past MAX_EXAMPLE_GRIDS synthesized sets the report draws a sample (every stage its share) and says so in
+    report.md; a bar chart shows the first MAX_BAR_GROUPS groups and says so in its title."""
+    from sweeper import report
+
+    plan, store = _filled(tmp_path)
+    monkeypatch.setattr(report, "MAX_EXAMPLE_GRIDS", 1)
+    pics, note = pictures(plan, store, n=4)
+    assert len(pics) == 1 and note.startswith("example grids drawn for 1 of the 2 synthesized sets")
+    monkeypatch.setattr(report, "MAX_EXAMPLE_GRIDS", 2)
+    assert set(pictures(plan, store, n=4)[0]) == {"examples_d_r.png", "examples_d_det.png"}
+    monkeypatch.setattr(report, "MAX_EXAMPLE_GRIDS", 1)
+    monkeypatch.setattr(report, "MAX_BAR_GROUPS", 1)
+    summ = summary(build_rows(plan, store))
+    head, title = report._first_groups(summ, "T")
+    assert len(head) == 1 and title == f"T\n(the first 1 of {len(summ)} groups; summary.csv has all)"
+    one, same = report._first_groups(summ.head(1), "T")
+    assert len(one) == 1 and same == "T"  # at the cap: the title as it was
+    written = write_report(plan, store)
+    assert {"figure2.png", "table1.png"} <= set(written) and len([w for w in written if w.startswith("examples_")]) == 1
+    md = store.read_bytes(f"reports/{plan.sweep.name}/report.md").decode()
+    assert md.rstrip().endswith("every set is in the store")
+
+
+def test_the_report_reads_each_node_once_and_accepts_a_known_done_set(tmp_path, monkeypatch):
+    """build_rows reads each node's meta once however many rows share it (metas are held ROWS_CHUNK evaluations
+    at a time), and with ``done`` given asks the store nothing about which nodes are done; the rows are the same
+    either way, and in chunks of one evaluation."""
+    from sweeper import report
+
+    plan, store = _filled(tmp_path)
+    rows = build_rows(plan, store)
+    calls = {"is_done": 0, "load_meta": []}
+    is_done, load_meta = store.is_done, store.load_meta
+    monkeypatch.setattr(store, "is_done",
+                        lambda k, **kw: calls.__setitem__("is_done", calls["is_done"] + 1) or is_done(k, **kw))
+    monkeypatch.setattr(store, "load_meta", lambda k: calls["load_meta"].append(k) or load_meta(k))
+    done = {k for k in plan.nodes if is_done(k)}
+    assert build_rows(plan, store, done) == rows
+    assert calls["is_done"] == 0 and len(calls["load_meta"]) == len(set(calls["load_meta"]))
+    monkeypatch.setattr(report, "ROWS_CHUNK", 1)
+    assert build_rows(plan, store) == rows
+
+
+def test_the_report_on_an_object_store_reads_in_parallel_and_matches_local_disk(tmp_path, s3_uri):
+    """On S3 the report's reads go out in parallel (each is a round trip); the rows and files are the same."""
+    plan, local = _filled(tmp_path)
+    _, remote = _filled(tmp_path, s3_uri)
+    assert not remote.is_local
+    assert build_rows(plan, remote) == build_rows(plan, local)
+    written = write_report(plan, remote)
+    write_report(plan, local)
+    for name in ("results.csv", "summary.csv", "transfer.csv", "report.md"):
+        assert remote.read_bytes(f"reports/rep/{name}") == local.read_bytes(f"reports/rep/{name}"), name
+    assert "figure2.png" in written

@@ -422,3 +422,18 @@ def test_attack_method_and_loss_load(tmp_path):
                                             "{norm: linf, eps: 8/255, steps: 20, method: apgd-ce, restarts: 2}]")))
     a, b = s.points["eval"][0][1].attacks
     assert (a.method, a.loss, b.method, b.restarts, b.random_start) == ("pgd", "margin", "apgd-ce", 2, False)
+
+
+def test_grid_points_copy_the_stage_without_its_grid_lists():
+    """Each point is a copy of the stage with the grid leaves set (the grid lists themselves are not copied per
+    point, so a stage with long grids expands in time linear in its points); the raw stage is left untouched."""
+    eps = [round(0.01 * i, 2) for i in range(1, 201)]
+    raw = {"kind": "synthesize", "from": "s", "method": "relabel", "targets": "deterministic",
+           "attack": {"norm": "l2", "eps": {"grid": eps}, "steps": {"grid": [5, 10]}}}
+    pts = expand_stage(raw)
+    assert len(pts) == 400 and raw["attack"]["eps"] == {"grid": eps}
+    assert [p for p, _ in pts[:3]] == [{"attack.eps": 0.01, "attack.steps": 5},
+                                       {"attack.eps": 0.01, "attack.steps": 10},
+                                       {"attack.eps": 0.02, "attack.steps": 5}]
+    assert all(c["attack"] == {"norm": "l2", "eps": p["attack.eps"], "steps": p["attack.steps"]} for p, c in pts)
+    assert pts[0][1]["attack"] is not pts[1][1]["attack"]  # every point its own copy
