@@ -50,6 +50,7 @@ bench: setup data
 	$(BIN)/python benchmarks/bench_tune.py
 	$(BIN)/python benchmarks/bench_store.py
 	$(BIN)/python benchmarks/bench_inversion.py
+	$(BIN)/python benchmarks/bench_scale.py
 	@echo "bench: figures written to benchmarks/results/README.md (one table per benchmark) and benchmarks/results/<bench>.json"
 
 clean:

@@ -23,7 +23,8 @@ from typing import Any, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ("bench_pgd", "bench_training", "bench_shards", "bench_tune", "bench_store")  # the order of `make bench`
+ORDER = ("bench_pgd", "bench_training", "bench_shards", "bench_tune", "bench_store", "bench_scale_utilisation",
+         "bench_scale_trials", "bench_scale_plan")  # the order of `make bench`
 PACKAGES = ("torch", "ray", "wandb", "pyarrow")
 _LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # when the benchmark imported this
 

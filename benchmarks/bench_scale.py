@@ -14,7 +14,7 @@ Four measurements, each in one run of this script (ratios and shares, so the mac
   planning     load + plan of generated sweeps of ~10,000 and ~100,000 nodes (benchmarks/_scale_plan.py).
   report       `sweeper report` on a store of ~10,000 evaluation rows (benchmarks/_scale_plan.py).
 
-    .venv/bin/python benchmarks/bench_scale.py [--only utilisation,trials,planning,report] [--trials 50,200,1000]
+    .venv/bin/python benchmarks/bench_scale.py [--only utilisation,trials,plan] [--trials 50,200,1000]
 """
 
 from __future__ import annotations
@@ -187,51 +187,58 @@ def bench_trials(ns: list[int]) -> dict:
     return out
 
 
+TITLES = {
+    "utilisation": "Scale, utilisation: worker-seconds inside nodes over (2 workers x wall) for a wide DAG of small "
+                   "real nodes, streaming vs wave order (order S B B S, fresh store each). Target >= 0.85.",
+    "trials": "Scale, per-trial cost: N tiny training trials through `sweeper run` (a fresh process, W&B offline) "
+              "against the same nodes in a loop; start-up (a 1-trial run) subtracted. Target <= 0.3 s, flat in N.",
+    "plan": "Scale, planning and report: load + plan of generated sweeps of ~10k and ~100k nodes (targets < 2 s, "
+            "< 20 s); `sweeper report` on ~10k evaluation rows (target < 10 s).",
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="utilisation,trials,planning,report")
+    ap.add_argument("--only", default="utilisation,trials,plan")
     ap.add_argument("--trials", default="50,200,1000")
     args = ap.parse_args()
     only = set(args.only.split(","))
-    figures, tables, params = {}, [], {}
     if "utilisation" in only:
         u = bench_utilisation()
         m = u["mean"]
-        figures.update({"busy_share_stream": round(m["stream"]["share"], 3),
+        record("bench_scale_utilisation", title=TITLES["utilisation"],
+               figures={"busy_share_stream": round(m["stream"]["share"], 3),
                         "busy_share_waves": round(m["waves"]["share"], 3),
-                        "wall_waves_over_stream": round(m["waves"]["wall_s"] / m["stream"]["wall_s"], 3)})
-        tables.append({"header": ["order", "wall s (runs)", "busy worker-s (mean)", "busy share (mean)"],
-                       "rows": [[k, ", ".join(f"{r['wall_s']:.1f}" for r in u["runs"][k]),
-                                 round(m[k]["busy_s"], 1), round(m[k]["share"], 3)] for k in ("stream", "waves")]})
+                        "wall_waves_over_stream": round(m["waves"]["wall_s"] / m["stream"]["wall_s"], 3)},
+               params={"dag": "8 synthesize (2 shards) -> 16 train -> 16 evaluate, Fashion-MNIST", "cpus": 2},
+               tables=[{"header": ["order", "wall s (runs)", "busy worker-s (mean)", "busy share (mean)"],
+                        "rows": [[k, ", ".join(f"{r['wall_s']:.1f}" for r in u["runs"][k]),
+                                  round(m[k]["busy_s"], 1), round(m[k]["share"], 3)] for k in ("stream", "waves")]}])
     if "trials" in only:
         ns = [int(x) for x in args.trials.split(",")]
         t = bench_trials(ns)
-        for n, r in t.items():
-            figures[f"fixed_s_per_trial_n{n}"] = round(r["fixed_s_per_trial"], 3)
-        tables.append({"header": ["N tiny trials", "loop s", "sweeper run s", "start-up s (N=1 run)",
-                                  "fixed s per trial"],
-                       "rows": [[n, round(r["loop_s"], 2), round(r["sweeper_s"], 1), round(r["startup_s"], 1),
-                                 round(r["fixed_s_per_trial"], 3)] for n, r in t.items()]})
-        params["trials"] = args.trials
-    if "planning" in only or "report" in only:
+        record("bench_scale_trials", title=TITLES["trials"],
+               figures={f"fixed_s_per_trial_n{n}": round(r["fixed_s_per_trial"], 3) for n, r in t.items()},
+               params={"trials": args.trials, "concurrent": 2},
+               tables=[{"header": ["N tiny trials", "loop s", "sweeper run s", "start-up s (N=1 run)",
+                                   "fixed s per trial"],
+                        "rows": [[n, round(r["loop_s"], 2), round(r["sweeper_s"], 1), round(r["startup_s"], 1),
+                                  round(r["fixed_s_per_trial"], 3)] for n, r in t.items()]}])
+    if "plan" in only:
         import _scale_plan
 
-        rows = []
-        if "planning" in only:
-            for n in (10_000, 100_000):
-                secs, nodes = _scale_plan.time_planning(n)
-                figures[f"plan_s_{nodes}_nodes"] = round(secs, 2)
-                rows.append([f"load + plan, {nodes:,} nodes", round(secs, 2)])
-                print(f"planning: {nodes} nodes in {secs:.2f} s", flush=True)
-        if "report" in only:
-            secs, n_rows = _scale_plan.time_report(10_000)
-            figures[f"report_s_{n_rows}_rows"] = round(secs, 2)
-            rows.append([f"sweeper report, {n_rows:,} evaluation rows", round(secs, 2)])
-            print(f"report: {n_rows} rows in {secs:.2f} s", flush=True)
-        tables.append({"header": ["what", "seconds"], "rows": rows})
-    record("bench_scale", title="Scale: busy share of a wide DAG streaming vs wave order (target >= 0.85), fixed "
-           "cost per Tune trial through `sweeper run` (target <= 0.3 s, flat in N), planning 10k / 100k nodes "
-           "(< 2 s / < 20 s), report on 10k rows (< 10 s).", figures=figures, params=params, tables=tables)
+        rows, figures = [], {}
+        for n in (10_000, 100_000):
+            secs, nodes = _scale_plan.time_planning(n)
+            figures[f"plan_s_{nodes}_nodes"] = round(secs, 2)
+            rows.append([f"load + plan, {nodes:,} nodes", round(secs, 2)])
+            print(f"planning: {nodes} nodes in {secs:.2f} s", flush=True)
+        secs, n_rows = _scale_plan.time_report(10_000)
+        figures[f"report_s_{n_rows}_rows"] = round(secs, 2)
+        rows.append([f"sweeper report, {n_rows:,} evaluation rows", round(secs, 2)])
+        print(f"report: {n_rows} rows in {secs:.2f} s", flush=True)
+        record("bench_scale_plan", title=TITLES["plan"], figures=figures, params={},
+               tables=[{"header": ["what", "seconds"], "rows": rows}])
 
 
 if __name__ == "__main__":

@@ -268,6 +268,7 @@ class Feeder(threading.Thread):
         self.ctx = Context.of(plan, store)
         self.pool = None
         self.threads: list[threading.Thread] = []
+        self.synthesizing: dict[str, int] = {}  # synthesis nodes running here -> their height (Scheduler)
         self._halt = threading.Event()
         self.error: BaseException | None = None
 
@@ -286,12 +287,17 @@ class Feeder(threading.Thread):
                     if not nodes:
                         break
                     pool.expect(nodes[0], self.ctx.shard_size)
+                    self.synthesizing[nodes[0].key] = self.sched.height[nodes[0].key]
                     self._spawn(nodes[0], pool)
+                if self.pool is not None:
+                    starved = self.pool.starved()
+                    self.sched.hold_tune_for(max(self.synthesizing.values(), default=0) if starved else 0)
                 self.sched.wait(0.25)
         except BaseException as e:  # the scheduler stops everything and the driver raises it
             self.error = e
             self.sched.stop(e)
         finally:
+            self.sched.hold_tune_for(0)
             for t in self.threads:
                 t.join()
             if self.pool is not None:
@@ -342,6 +348,8 @@ class Feeder(threading.Thread):
             self.sched.finish(node.key, e, fatal=isinstance(e, (StoreIOError, KeyboardInterrupt)))
         else:
             self.sched.finish(node.key)
+        finally:
+            self.synthesizing.pop(node.key, None)
 
     def stop(self) -> None:
         self._halt.set()

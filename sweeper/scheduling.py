@@ -13,6 +13,7 @@ end (``errors()``). ``fatal`` (the store itself failing, Ctrl-C) stops handing o
 """
 from __future__ import annotations
 
+import heapq
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from .plan import Node, Plan
 from .store import Store
 
 ENGINES = ("pool", "tune", "driver")
+HOLD_MAX = 120.0  # seconds Tune may be held back at most, in one stretch, for synthesis shards waiting for room
 
 
 class Scheduler:
@@ -53,10 +55,19 @@ class Scheduler:
         for k in self.todo:
             if barrier:
                 self.open_below[self.depth[k]] += 1
-        self._ready: dict[str, deque] = {e: deque() for e in ENGINES}  # ready, no lease yet
+        # priority: the longest chain of nodes still to come after a node first (its height), then plan order,
+        # so that work others wait for starts before leaves such as evaluations
+        self.order = {k: i for i, k in enumerate(plan.nodes)}
+        self.height = {k: 1 for k in plan.nodes}
+        for k in reversed(list(plan.nodes)):
+            for c in self.children[k]:
+                self.height[k] = max(self.height[k], 1 + self.height[c])
+        self._ready: dict[str, list] = {e: [] for e in ENGINES}  # heaps of ready nodes without a lease yet
         for k in self.todo:
             if self.missing[k] == 0:
-                self._ready[self.engine[k]].append(k)
+                self._push(k)
+        self._hold = 0          # height of the synthesis work waiting for room (see hold_tune_for)
+        self._held_since = None
         self.claimed: dict[str, deque] = {e: deque() for e in ENGINES}  # leased, not started
         self.running: set[str] = set()
         self.others: dict[str, float] = {}  # leased by another driver -> when to look again
@@ -109,6 +120,8 @@ class Scheduler:
         with self._lock:
             q = self.claimed[engine]
             while q and len(out) < n and self.fatal is None:
+                if self._held(engine, q[0]):
+                    break
                 k = q.popleft()
                 if not self._open(k):
                     self.leases.release(k)
@@ -123,6 +136,26 @@ class Scheduler:
         for engine in ENGINES:
             self._claim(engine, want=1)
 
+    def _push(self, k: str) -> None:
+        heapq.heappush(self._ready[self.engine[k]], (-self.height[k], self.order[k], k))
+
+    def hold_tune_for(self, height: int) -> None:
+        """Synthesis of this height (0: none) waits for room: Tune starts no trial of a smaller height meanwhile,
+        so the CPUs/GPUs that trials give back go to the pool first (work that others wait for comes first).
+        A hold lasts at most HOLD_MAX seconds in one stretch (a pool that can never be placed holds nothing)."""
+        with self._lock:
+            if height and not self._hold:
+                self._held_since = time.time()
+            self._hold = height
+            if not height:
+                self._held_since = None
+            self._changed.notify_all()
+
+    def _held(self, engine: str, k: str) -> bool:
+        if engine != "tune" or not self._hold or self.height[k] >= self._hold:
+            return False
+        return time.time() - self._held_since < HOLD_MAX
+
     def _claim(self, engine: str, want: int) -> None:
         """Take leases for a batch of ready nodes when fewer than ``want`` are claimed; look again at nodes
         another driver holds once their poll time has come."""
@@ -135,16 +168,17 @@ class Scheduler:
         try:
             with self._lock:
                 q, batch = self._ready[engine], []
-                skipped = deque()
+                skipped = []
                 while q and len(batch) < max(self.batch, want):
-                    k = q.popleft()
+                    k = heapq.heappop(q)[2]
                     if not self._open(k) or k in self.others:
                         continue
                     if not self._gate(k):
                         skipped.append(k)
                         continue
                     batch.append(k)
-                q.extendleft(reversed(skipped))
+                for k in skipped:
+                    self._push(k)
             if not batch:
                 return
             got = set(self.leases.acquire(batch))
@@ -175,7 +209,7 @@ class Scheduler:
             else:  # try its lease again in the next batch (it may have expired)
                 with self._lock:
                     self.others.pop(k, None)
-                    self._ready[self.engine[k]].appendleft(k)
+                    self._push(k)
 
     def has_ready(self, engine: str) -> bool:
         """A node of ``engine`` could be taken now (claimed, or ready and not held elsewhere). Looks again at the
@@ -184,9 +218,10 @@ class Scheduler:
         with self._lock:
             if self.fatal is not None:
                 return False
-            if any(self._open(k) for k in self.claimed[engine]):
+            if any(self._open(k) and not self._held(engine, k) for k in self.claimed[engine]):
                 return True
-            return any(self._open(k) and k not in self.others and self._gate(k) for k in self._ready[engine])
+            return any(self._open(k) and k not in self.others and self._gate(k) and not self._held(engine, k)
+                       for _, _, k in self._ready[engine])
 
     def waiting_on_others(self) -> bool:
         with self._lock:
@@ -209,7 +244,7 @@ class Scheduler:
             if c in self.missing:
                 self.missing[c] -= 1
                 if self.missing[c] == 0 and self._open(c):
-                    self._ready[self.engine[c]].append(c)
+                    self._push(c)
         self._changed.notify_all()
 
     def finish(self, key: str, error: Optional[BaseException] = None, *, fatal: bool = False) -> None:

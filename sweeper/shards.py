@@ -130,6 +130,12 @@ class ShardPool:
         with self._lock:
             return sum(len(j.todo) for j in self._jobs) + sum(self._expected.values())
 
+    def starved(self) -> bool:
+        """Shards wait and fewer actors are up than the pool would run (they wait for room on the cluster)."""
+        waiting, busy = self.backlog(), len(self._running)
+        up = sum(1 for s in list(self._slots) if s.state != "starting")
+        return waiting > 0 and up < min(self.capacity(), waiting + busy)
+
     def expect(self, node, shard_size: int) -> None:
         """``node``'s shards are on their way (it will call run_node soon): counted in the backlog until it does
         or ``forget`` says it will not, so that a caller admitting nodes while the backlog is short does not
@@ -249,9 +255,9 @@ class ShardPool:
         ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
         if not ready:
             self._waited += 0.5
-            if not self._running and self.backlog() and self._waited >= 30 and self._waited % 30 < 0.5:
-                self._log(f"  synthesis: no actor is up after {self._waited:.0f} s; waiting for a node with "
-                          f"{self._need} free")
+            if not self._running and self.backlog() and self._waited >= 60 and self._waited % 60 < 0.5:
+                self._log(f"  synthesis: {self.backlog()} shard(s) have waited {self._waited:.0f} s for room for an "
+                          f"actor ({self._need}): the cluster is busy with other work or has no such room")
             return
         self._waited = 0.0
         ref = ready[0]

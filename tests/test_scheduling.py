@@ -71,6 +71,32 @@ def test_a_failure_blocks_its_descendants_only_and_is_raised_at_the_end(tmp_path
         sched.raise_failures()
 
 
+def test_ready_nodes_come_in_order_of_the_work_that_waits_on_them(tmp_path):
+    sched, _, _ = _sched(tmp_path)
+    assert sched.height[_by("std").key] > sched.height[_by("eval").key] == 1
+    sched.take("tune", 8)
+    for stage in ("std", "robust"):
+        sched.finish(_by(stage).key)
+    got = sched.take("tune", 1)  # the evaluations of std/robust (leaves) wait behind nothing else here
+    assert got and got[0].kind == "evaluate"
+
+
+def test_tune_is_held_back_while_higher_synthesis_waits_for_room(tmp_path, monkeypatch):
+    import sweeper.scheduling as scheduling
+
+    sched, _, _ = _sched(tmp_path)
+    sched.take("tune", 8)
+    for stage in ("std", "robust"):
+        sched.finish(_by(stage).key)
+    sched.hold_tune_for(sched.height[_by("d_det").key])  # d_det's shards wait for an actor
+    assert not sched.has_ready("tune") and sched.take("tune", 8) == []
+    sched.hold_tune_for(0)
+    assert sched.has_ready("tune") and sched.take("tune", 1)
+    sched.hold_tune_for(sched.height[_by("d_det").key])
+    monkeypatch.setattr(scheduling, "HOLD_MAX", 0.0)  # a pool that never gets room does not hold Tune forever
+    assert sched.take("tune", 1)
+
+
 def test_leases_are_taken_in_batches_for_nodes_about_to_start(tmp_path):
     sched, _, leases = _sched(tmp_path, batch=1)
     got = sched.take("tune", 1)
