@@ -2,8 +2,9 @@
 
 A node is *ready* when every input is done; the engines ask for ready nodes of their kind (``take``) and say
 when one ends (``finish``). Readiness is kept incrementally (a count of unfinished inputs per node), so the
-driver does one ``is_done`` per node at the start and then works from what it has seen end: per-node store
-requests stay flat however large the sweep. Leases (leases.Leases) are taken in batches, one settle delay per
+driver does one ``is_done`` per node at the start, one more once it holds the node's lease (another driver may
+have finished it just before), and otherwise works from what it has seen end: per-node store requests stay
+flat however large the sweep. Leases (leases.Leases) are taken in batches, one settle delay per
 batch, only for nodes about to start (a few more than the engine can run at once), so other drivers on the same
 store still find work. A node another driver holds is looked at again every ``leases.poll`` seconds: done
 (its dependents become ready) or its lease expired (this driver takes it).
@@ -182,9 +183,18 @@ class Scheduler:
             if not batch:
                 return
             got = set(self.leases.acquire(batch))
+            # another driver may have computed a node and released it between our look and our lease
+            finished = {k for k in got if self.store.is_done(k)}
+            for k in finished:
+                self.leases.release(k)
             with self._lock:
                 for k in batch:
-                    if k in got:
+                    if k in finished:
+                        self.others.pop(k, None)
+                        self.by_others += 1
+                        self.log(f"  {self.plan.nodes[k].kind} {self.plan.nodes[k].label}: done by another driver")
+                        self._mark_done(k)
+                    elif k in got:
                         self.claimed[engine].append(k)
                     else:
                         first = k not in self.others
@@ -247,14 +257,18 @@ class Scheduler:
                     self._push(c)
         self._changed.notify_all()
 
-    def finish(self, key: str, error: Optional[BaseException] = None, *, fatal: bool = False) -> None:
+    def finish(self, key: str, error: Optional[BaseException] = None, *, fatal: bool = False,
+               found_done: bool = False) -> None:
         """``key`` ended here: done (``error`` None), failed (its descendants are blocked), or failed so that
         the whole run must stop (``fatal``: the store is unusable, or the run was interrupted)."""
         with self._lock:
             self.running.discard(key)
             self.ended[key] = time.time()
             if error is None:
-                self.ran += 1
+                if found_done:  # the trial found it done (by another driver) and computed nothing
+                    self.by_others += 1
+                else:
+                    self.ran += 1
                 self._mark_done(key)
             elif key not in self.failed:
                 if self._open(key):

@@ -168,7 +168,7 @@ class NodeSearcher(Searcher):
         if key is None:
             return
         if not error:  # the trial returned: its node is in the store (the run checks every node at its end)
-            self.sched.finish(key)
+            self.sched.finish(key, found_done=bool((result or {}).get("skipped")))
         else:  # the error itself is read from Tune's results after the experiment
             self.sched.finish(key, TrialsFailed(f"{self.sched.plan.nodes[key].label}: its Tune trial failed"))
 
@@ -245,7 +245,20 @@ class TuneEngine:
         name_of = lambda trial: trial_name(by_key[trial.config["key"]])  # noqa: E731
         searcher = NodeSearcher(self.sched, self.about)
         self.bursts += 1
-        tuner = tune.Tuner(
+        with self.store._io("write Tune's experiment state under", self.store.fs_path("tune"), write=True):
+            tuner = self._tuner(searcher, name_of)
+        quiet_failures = _TrialFailureLines(self.log)
+        controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+        controller_log.addFilter(quiet_failures)
+        try:
+            with self.store._io("write Tune's experiment state under", self.store.fs_path("tune"), write=True):
+                results = tuner.fit()
+        finally:
+            controller_log.removeFilter(quiet_failures)
+        return self._collect(results)
+
+    def _tuner(self, searcher, name_of):
+        return tune.Tuner(
             self.trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                         max_concurrent_trials=int(self.run_spec.max_concurrent_trials),
@@ -257,13 +270,8 @@ class TuneEngine:
                 failure_config=tune.FailureConfig(max_failures=int(self.run_spec.max_failures)),  # survive a join
                 callbacks=self.callbacks, verbose=0),
         )
-        quiet_failures = _TrialFailureLines(self.log)
-        controller_log = logging.getLogger("ray.tune.execution.tune_controller")
-        controller_log.addFilter(quiet_failures)
-        try:
-            results = tuner.fit()
-        finally:
-            controller_log.removeFilter(quiet_failures)
+
+    def _collect(self, results) -> int:
         self.trials += len(results)
         failed = [(r.config.get("key") if r.config else "?", r.error) for r in results if r.error]
         for _, err in failed:
