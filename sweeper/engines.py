@@ -255,6 +255,9 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
             "timeline": {k: (sched.started[k], sched.ended[k]) for k in sched.ended if k in sched.started}}
 
 
+DRIVER_THREADS = 2  # transfer probes at once in the driver (cheap forward passes)
+
+
 class Feeder(threading.Thread):
     """The driver side of the non-Tune engines: admits ready synthesis nodes while the actor pool's backlog is
     shorter than its size (each node in a thread of its own that waits on the pool; its W&B run is open
@@ -277,7 +280,8 @@ class Feeder(threading.Thread):
             while not self._halt.is_set():
                 if self.sched.over("pool") and self.sched.over("driver") and not self._alive():
                     return
-                for node in self.sched.take("driver", 64):
+                probes = sum(1 for t in self.threads if t.is_alive() and t.name.startswith("sweeper-probe"))
+                for node in self.sched.take("driver", max(0, DRIVER_THREADS - probes)):
                     self._spawn(node, None)
                 while self.sched.todo_count("pool") and not self._halt.is_set():
                     pool = self._pool()
@@ -298,6 +302,8 @@ class Feeder(threading.Thread):
             self.sched.stop(e)
         finally:
             self.sched.hold_tune_for(0)
+            if self.pool is not None and (self.sched.fatal is not None or self.error is not None):
+                self.pool.shutdown()  # the run stops: synthesis still running ends now (its shards are kept)
             for t in self.threads:
                 t.join()
             if self.pool is not None:
@@ -325,7 +331,9 @@ class Feeder(threading.Thread):
         return self.pool
 
     def _spawn(self, node: Node, pool) -> None:
-        t = threading.Thread(target=self._node, args=(node, pool), name=f"sweeper-{node.key[:8]}", daemon=True)
+        kind = "synth" if pool is not None else "probe"
+        t = threading.Thread(target=self._node, args=(node, pool), name=f"sweeper-{kind}-{node.key[:8]}",
+                             daemon=True)
         self.threads.append(t)
         t.start()
 

@@ -119,17 +119,19 @@ class Scheduler:
         self._claim(engine, want=n)
         out = []
         with self._lock:
-            q = self.claimed[engine]
+            q, held = self.claimed[engine], []
             while q and len(out) < n and self.fatal is None:
-                if self._held(engine, q[0]):
-                    break
                 k = q.popleft()
+                if self._held(engine, k):
+                    held.append(k)  # stays claimed; a higher node behind it may start
+                    continue
                 if not self._open(k):
                     self.leases.release(k)
                     continue
                 self.running.add(k)
                 self.started[k] = time.time()
                 out.append(self.plan.nodes[k])
+            q.extendleft(reversed(held))
         return out
 
     def prefetch(self) -> None:
@@ -172,7 +174,7 @@ class Scheduler:
                 skipped = []
                 while q and len(batch) < max(self.batch, want):
                     k = heapq.heappop(q)[2]
-                    if not self._open(k) or k in self.others:
+                    if not self._open(k) or k in self.others or k in self.running or k in self.claimed[engine]:
                         continue
                     if not self._gate(k):
                         skipped.append(k)
@@ -210,15 +212,15 @@ class Scheduler:
         with self._lock:
             due = [k for k, t in self.others.items() if t <= now]
         for k in due:
-            if self.store.is_done(k):
-                with self._lock:
-                    self.others.pop(k, None)
+            done = self.store.is_done(k)
+            with self._lock:
+                if self.others.pop(k, None) is None:
+                    continue  # another thread looked at it meanwhile
+                if done:
                     self.by_others += 1
                     self.log(f"  {self.plan.nodes[k].kind} {self.plan.nodes[k].label}: done by another driver")
                     self._mark_done(k)
-            else:  # try its lease again in the next batch (it may have expired)
-                with self._lock:
-                    self.others.pop(k, None)
+                else:  # try its lease again in the next batch (it may have expired)
                     self._push(k)
 
     def has_ready(self, engine: str) -> bool:

@@ -108,6 +108,7 @@ class ShardPool:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._error: BaseException | None = None  # what stopped the dispatcher, if it failed
         self._waited = 0.0
         self._expected: dict[str, int] = {}  # node key -> shards announced by expect(), not submitted yet
         self._thread = threading.Thread(target=self._loop, name="sweeper-shards", daemon=True)
@@ -155,12 +156,14 @@ class ShardPool:
         self.forget(node)
         if job.total == 0:
             return []
+        if self._stop.is_set():
+            raise self._error or RuntimeError("the synthesis pool was shut down")
         with self._lock:
             self._jobs.append(job)
         self._wake.set()
         while not job.done.wait(0.5):
             if self._stop.is_set():
-                raise RuntimeError("the synthesis pool was shut down")
+                raise self._error or RuntimeError("the synthesis pool was shut down")
         if job.error is not None:
             raise job.error
         return [job.results[i] for i in sorted(job.results)]
@@ -198,7 +201,7 @@ class ShardPool:
         waiting = self.backlog()
         busy = len(self._running)
         want = min(self.capacity(), waiting + busy)
-        while len(self._slots) < want:
+        while len(self._slots) < want and not self._stop.is_set():
             self._add()
         idle = [s for s in self._slots if s.state != "busy"]
         for s in sorted(idle, key=lambda s: s.state != "starting")[:max(0, len(self._slots) - want)]:
@@ -235,7 +238,9 @@ class ShardPool:
         while not self._stop.is_set():
             try:
                 self._step()
-            except BaseException as e:  # fail every waiting node with it, rather than hang them
+            except BaseException as e:  # fail every waiting node with it (and every later one), rather than hang
+                self._error = e
+                self._stop.set()
                 with self._lock:
                     for j in self._jobs:
                         j.error = e

@@ -138,6 +138,28 @@ def test_has_ready_alone_notices_a_node_another_driver_finished(tmp_path):
     assert sched.by_others == 1
 
 
+def test_two_threads_looking_at_another_drivers_node_queue_it_once(tmp_path):
+    """The feeder and Tune's loop may look at a node another driver holds at the same moment (its store read
+    is slow on S3): it must come back into the ready queue once, or this driver would run it twice."""
+    import time
+
+    sched, store, _ = _sched(tmp_path)
+    std = _by("std")
+    Leases(store, settle=0.01).acquire([std.key])  # another driver holds std
+    sched.take("tune", 8)
+    with sched._lock:
+        assert std.key in sched.others
+        sched.others[std.key] = 0.0  # due now
+    real = store.is_done
+    store.is_done = lambda k, **kw: time.sleep(0.2) or real(k, **kw)
+    threads = [threading.Thread(target=sched._look_at_others) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [k for _, _, k in sched._ready["tune"]].count(std.key) == 1
+
+
 def test_two_store_looks_per_node_at_most(tmp_path):
     store = Store(str(tmp_path / "store"))
     store.claim()
