@@ -79,10 +79,10 @@ def _plan(text: str, root: str):
 
 
 # ------------------------------------------------------------------------------------------ utilisation
-def busy_seconds(plan, store) -> float:
+def busy_seconds(nodes: dict, store) -> float:
     """Worker-seconds inside nodes: every synthesis shard's wall time, every training/evaluation node's."""
     busy = 0.0
-    for key, node in plan.nodes.items():
+    for key, node in nodes.items():
         meta = store.load_meta(key)
         if node.kind == "synthesize":
             busy += sum(m.get("wall_s", 0.0) for m in meta["shard_meta"])
@@ -104,9 +104,7 @@ def utilisation_run(barrier: bool, source_store: str) -> dict:
     t0 = time.perf_counter()
     counts = run_plan_ray(plan, store, wandb_mode="disabled", barrier=barrier, log=lambda m: None)
     wall = time.perf_counter() - t0
-    todo = {k: n for k, n in plan.nodes.items() if k != std.key}
-    sub = type("P", (), {"nodes": todo})
-    busy = busy_seconds(sub, store)
+    busy = busy_seconds({k: n for k, n in plan.nodes.items() if k != std.key}, store)
     return {"wall_s": wall, "busy_s": busy, "share": busy / (2 * wall), "ran": counts["ran"]}
 
 

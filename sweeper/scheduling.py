@@ -235,11 +235,6 @@ class Scheduler:
             return any(self._open(k) and k not in self.others and self._gate(k) and not self._held(engine, k)
                        for _, _, k in self._ready[engine])
 
-    def waiting_on_others(self) -> bool:
-        with self._lock:
-            return bool(self.others)
-
-    # ------------------------------------------------------------------------------------------ ending
     def _close(self, k: str) -> None:
         """``k`` leaves the open set (done, failed or blocked); called once per node of the todo list."""
         if k in self.missing:

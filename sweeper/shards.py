@@ -50,9 +50,7 @@ class SynthesisWorker:
             self._model = kinds.load_model(self.store, source, self.data)
             self._model_key = source
         ctx = kinds.Context(self.data, self.seed, self.store, shard_size)
-        t0 = time.time()
-        meta = kinds.run_shard(node, index, start, stop, self._model, ctx, worker=self.where)
-        return {**meta, "busy_s": time.time() - t0}
+        return kinds.run_shard(node, index, start, stop, self._model, ctx, worker=self.where)
 
     def pid(self) -> int:
         import os
@@ -97,9 +95,6 @@ class ShardPool:
         self.autoscale, self._asked = autoscale, 0
         self.max_retries = max_retries
         self.replaced = 0  # actors lost while they held work or were starting, and their shards retried
-        self.started = 0
-        self.busy_s = 0.0  # seconds actors spent inside shards (for the utilisation benchmark)
-        self.most = 0      # the most actors alive at once
         self._log = log or (lambda msg: None)
         self._need = f"{cpus_per_actor:g} CPU" + (f" + {gpus_per_actor:g} GPU" if gpus_per_actor else "")
         self._slots: list[_Slot] = []
@@ -182,8 +177,6 @@ class ShardPool:
     # ------------------------------------------------------------------------------------------ loop
     def _add(self) -> None:
         self._slots.append(_Slot(self._make()))
-        self.started += 1
-        self.most = max(self.most, len(self._slots))
 
     def _drop(self, slot: _Slot) -> None:
         self._slots.remove(slot)
@@ -288,7 +281,6 @@ class ShardPool:
         except ray.exceptions.RayTaskError as e:
             self._retry(job, shard, e)
         else:
-            self.busy_s += meta.pop("busy_s", 0.0)
             job.results[shard[0]] = meta
             if job.on_shard is not None and job.error is None:
                 try:
