@@ -147,15 +147,15 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import done_keys, write_report
+    from .report import done_metas, write_report
 
     _, plan, store = _load(args)
-    done = done_keys(store, plan.nodes)  # each node asked once; the report reuses it
-    missing = len(plan.nodes) - len(done)
+    metas = done_metas(store, plan.nodes)  # each node's manifest read once; the report takes them over
+    missing = len(plan.nodes) - len(metas)
     if missing:
         print(f"note: {missing} of {len(plan.nodes)} nodes are not done yet; the report covers the rest "
               f"(run `sweeper run {args.file}` to finish)", file=sys.stderr)
-    written = write_report(plan, store, done=done)
+    written = write_report(plan, store, metas=metas)
     _print_written(written)
     if "report.md" in written:
         print()

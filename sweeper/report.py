@@ -67,20 +67,31 @@ def done_keys(store: Store, keys) -> set[str]:
     return {k for k, ok in zip(keys, _map(store, store.is_done, keys)) if ok}
 
 
-class _Reads:
-    """What one report reads from the store, each at most once per node: whether it is done (or the ``done``
-    set given, e.g. the one ``sweeper report`` computed for its note), and its meta."""
+def done_metas(store: Store, keys) -> dict[str, dict]:
+    """{key: meta} of the keys among ``keys`` whose node is done (``Store.done_meta``: one manifest read each)."""
+    keys = list(keys)
+    return {k: m for k, m in zip(keys, _map(store, store.done_meta, keys)) if m is not None}
 
-    def __init__(self, store: Store, done: set[str] | None = None):
-        self.store, self._given = store, done
+
+class _Reads:
+    """What one report reads from the store, each at most once per node: whether it is done and its meta,
+    from one manifest read (``Store.done_meta``), or from the ``metas`` of the done nodes given (e.g. the ones
+    ``sweeper report`` read for its note; the report takes them over and drops each once used)."""
+
+    def __init__(self, store: Store, metas: dict[str, dict] | None = None):
+        self.store = store
+        self._given = None if metas is None else set(metas)
         self._done: dict[str, bool] = {}
-        self._meta: dict[str, dict] = {}
+        self._meta: dict[str, dict] = {} if metas is None else metas
 
     def done(self, keys: list[str]) -> list[bool]:
         if self._given is not None:
             return [k in self._given for k in keys]
         todo = [k for k in dict.fromkeys(keys) if k not in self._done]
-        self._done.update(zip(todo, _map(self.store, self.store.is_done, todo)))
+        for k, m in zip(todo, _map(self.store, self.store.done_meta, todo)):
+            self._done[k] = m is not None
+            if m is not None:
+                self._meta[k] = m
         return [self._done[k] for k in keys]
 
     def prefetch(self, keys) -> None:
@@ -103,10 +114,9 @@ def _done_nodes(plan: Plan, reads: _Reads, kind: str) -> list:
     return [n for n, ok in zip(nodes, reads.done([n.key for n in nodes])) if ok]
 
 
-def transfer_rows(plan: Plan, store: Store, done: set[str] | None = None, *,
-                  _reads: _Reads | None = None) -> list[dict]:
-    """One row per finished transfer node, in plan order (``done``: the keys known to be done, else asked)."""
-    reads = _reads or _Reads(store, done)
+def transfer_rows(plan: Plan, store: Store, *, _reads: _Reads | None = None) -> list[dict]:
+    """One row per finished transfer node, in plan order."""
+    reads = _reads or _Reads(store)
     nodes = _done_nodes(plan, reads, "transfer")
     reads.prefetch(n.key for n in nodes)
     rows = []
@@ -147,14 +157,14 @@ def _synth_fields(plan: Plan, reads: _Reads, model_node, by_synth: dict[str, lis
     return out
 
 
-def build_rows(plan: Plan, store: Store, done: set[str] | None = None, *, _reads: _Reads | None = None,
+def build_rows(plan: Plan, store: Store, *, _reads: _Reads | None = None,
                _transfers: list[dict] | None = None) -> list[dict]:
-    """One row per finished evaluation, in plan order (``done``: the keys known to be done, else asked).
+    """One row per finished evaluation, in plan order.
 
     The metas are read ROWS_CHUNK evaluations at a time (in parallel on an object store) and dropped after,
     except the synthesized sets', which many rows share and which are read once."""
     with gc_paused():
-        return _build_rows(plan, _reads or _Reads(store, done), _transfers)
+        return _build_rows(plan, _reads or _Reads(store), _transfers)
 
 
 def _build_rows(plan: Plan, reads: _Reads, _transfers: list[dict] | None) -> list[dict]:
@@ -513,20 +523,21 @@ def figures(rows: list[dict], transfers: list[dict], summ=None) -> dict[str, byt
     return out
 
 
-def write_report(plan: Plan, store: Store, done: set[str] | None = None) -> dict:
-    """Write every report file under ``reports/<sweep>/``; returns {name: store path}. ``done``: the keys of
-    the plan known to be done (``sweeper report`` has them already), else each node is asked once."""
+def write_report(plan: Plan, store: Store, metas: dict[str, dict] | None = None) -> dict:
+    """Write every report file under ``reports/<sweep>/``; returns {name: store path}. ``metas``: {key: meta}
+    of the plan's done nodes (``done_metas``; ``sweeper report`` has them already, and the report takes the
+    dict over), else each node's manifest is read once."""
     # tens of thousands of metas, rows and cells, none in a cycle: the collector's passes over them cost more than
     # it could free (the figures are cycles, but at most MAX_EXAMPLE_GRIDS + 3 of them; freed when it resumes)
     with gc_paused():
-        return _write_report(plan, store, done)
+        return _write_report(plan, store, metas)
 
 
-def _write_report(plan: Plan, store: Store, done: set[str] | None) -> dict:
+def _write_report(plan: Plan, store: Store, metas: dict[str, dict] | None) -> dict:
     from . import data_store
     from .errors import DataNotFoundError
 
-    reads = _Reads(store, done)
+    reads = _Reads(store, metas)
     transfers = transfer_rows(plan, store, _reads=reads)
     rows = build_rows(plan, store, _reads=reads, _transfers=transfers)
     summ = summary(rows) if rows else None

@@ -64,3 +64,25 @@ def test_invalid_sweep_file_exits_nonzero_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert str(bad) in r.stderr and "stages.s.adversarial.norm" in r.stderr
+
+
+def test_stored_image_models_load_channels_last_and_predict_as_stored(tiny_sweep, tmp_path):
+    """Synthesis, transfer and evaluation load models channels_last (~1.5x faster input gradients on a CPU);
+    the layout changes no prediction."""
+    import torch
+
+    from sweeper import data_store, kinds, models
+
+    plan, by_kind = _nodes_by_kind(tiny_sweep)
+    std = next(n for n in by_kind["train"] if n.spec.from_ is None and n.spec.adversarial is None)
+    store = Store(str(tmp_path / "store"))
+    kinds.run_train(std, kinds.Context.of(plan, store))
+    model = kinds.load_model(store, std.key, plan.sweep.data)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    ds = data_store.load_split(plan.sweep.data, "test")
+    plain = models.build(store.load_meta(std.key)["arch"], num_classes=ds.num_classes,
+                         in_shape=tuple(ds.x.shape[1:]), mean=ds.mean, std=ds.std)
+    plain.load_state_dict(store.load_tensors(std.key))
+    with torch.no_grad():
+        assert torch.allclose(model(ds.x[:200]), plain.eval()(ds.x[:200]), atol=1e-4)

@@ -157,24 +157,28 @@ def test_a_large_sweep_gets_a_sample_of_example_grids_and_of_bar_groups(tmp_path
     assert md.rstrip().endswith("every set is in the store")
 
 
-def test_the_report_reads_each_node_once_and_accepts_a_known_done_set(tmp_path, monkeypatch):
+def test_the_report_reads_each_node_once_and_accepts_the_done_metas(tmp_path, monkeypatch):
     """build_rows reads each node's meta once however many rows share it (metas are held ROWS_CHUNK evaluations
-    at a time), and with ``done`` given asks the store nothing about which nodes are done; the rows are the same
+    at a time), and with the done nodes' metas given asks the store nothing about them; the rows are the same
     either way, and in chunks of one evaluation."""
     from sweeper import report
+    from sweeper.report import done_metas
 
     plan, store = _filled(tmp_path)
     rows = build_rows(plan, store)
-    calls = {"is_done": 0, "load_meta": []}
-    is_done, load_meta = store.is_done, store.load_meta
+    metas = done_metas(store, plan.nodes)
+    calls = {"is_done": 0, "done_meta": 0, "load_meta": []}
+    is_done, done_meta, load_meta = store.is_done, store.done_meta, store.load_meta
     monkeypatch.setattr(store, "is_done",
                         lambda k, **kw: calls.__setitem__("is_done", calls["is_done"] + 1) or is_done(k, **kw))
+    monkeypatch.setattr(store, "done_meta",
+                        lambda k: calls.__setitem__("done_meta", calls["done_meta"] + 1) or done_meta(k))
     monkeypatch.setattr(store, "load_meta", lambda k: calls["load_meta"].append(k) or load_meta(k))
-    done = {k for k in plan.nodes if is_done(k)}
-    assert build_rows(plan, store, done) == rows
-    assert calls["is_done"] == 0 and len(calls["load_meta"]) == len(set(calls["load_meta"]))
+    assert build_rows(plan, store, _reads=report._Reads(store, metas)) == rows
+    assert calls == {"is_done": 0, "done_meta": 0, "load_meta": []}
     monkeypatch.setattr(report, "ROWS_CHUNK", 1)
     assert build_rows(plan, store) == rows
+    assert calls["is_done"] == 0 and len(calls["load_meta"]) == len(set(calls["load_meta"]))
 
 
 def test_the_report_on_an_object_store_reads_in_parallel_and_matches_local_disk(tmp_path, s3_uri):
@@ -188,3 +192,28 @@ def test_the_report_on_an_object_store_reads_in_parallel_and_matches_local_disk(
     for name in ("results.csv", "summary.csv", "transfer.csv", "report.md"):
         assert remote.read_bytes(f"reports/rep/{name}") == local.read_bytes(f"reports/rep/{name}"), name
     assert "figure2.png" in written
+
+
+def test_a_report_reads_each_evaluation_and_transfer_manifest_once(tmp_path, monkeypatch):
+    """Whether a node is done and its meta come from one manifest read (on S3 each read is a round trip), both
+    when the report asks by itself and on `sweeper report`'s path, which reads the done nodes' metas first."""
+    import collections
+
+    from sweeper.report import done_metas
+
+    plan, store = _filled(tmp_path)
+    reads = collections.Counter()
+    manifest = Store._manifest
+
+    def counted(self, rel, *a, **k):
+        reads[rel] += 1
+        return manifest(self, rel, *a, **k)
+
+    monkeypatch.setattr(Store, "_manifest", counted)
+    rows_of = [f"nodes/{n.key}" for n in plan.nodes.values() if n.kind in ("evaluate", "transfer")]
+    assert rows_of
+    write_report(plan, store)
+    assert {r: reads[r] for r in rows_of} == {r: 1 for r in rows_of}
+    reads.clear()
+    write_report(plan, store, metas=done_metas(store, plan.nodes))
+    assert {r: reads[r] for r in rows_of} == {r: 1 for r in rows_of}
