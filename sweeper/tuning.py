@@ -94,7 +94,18 @@ def _root(err: BaseException) -> str:
 
 def trial_name(node) -> str:
     """A trial's name and folder: its label made filesystem-safe, then 8 chars of its key."""
-    return f"{re.sub(r'[^A-Za-z0-9_.=,+-]+', '_', node.label)[:80]}-{node.key[:8]}"
+    return _name(node.label, node.key)
+
+
+def _name(label: str, key: str) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_.=,+-]+', '_', label)[:80]}-{key[:8]}"
+
+
+def _trial_name(trial) -> str:
+    """``trial_name`` from the trial's own config (NodeSearcher.suggest puts label and key there). Tune pickles its
+    name creators into every trial it makes: a module-level function is a reference, where a closure over the
+    sweep's nodes was pickled whole each time (the cost per trial grew with the number of trials)."""
+    return _name(trial.config["label"], trial.config["key"])
 
 
 class Progress(tune.Callback):
@@ -220,10 +231,14 @@ class TuneEngine:
         self.by_key = {n.key: n for n in nodes}
         self.about = {n.key: plan.describe(n) for n in nodes}
         cpus = float(run_spec.cpus_per_trial)
-        about = self.about
+        gpus = run_spec.gpus_per_trial
+        gpus = dict(gpus) if isinstance(gpus, dict) else float(gpus or 0)
 
+        # Tune pickles this function into every trial it creates and into each trial's saved state: it must close
+        # over nothing that grows with the sweep (a closure over every node's settings made the cost per trial
+        # grow with the number of trials). The arch comes from the trial's own config (NodeSearcher.suggest).
         def resources(config: dict) -> dict:
-            return {"cpu": cpus, "gpu": gpus_for(about[config["key"]]["arch"], run_spec.gpus_per_trial)}
+            return {"cpu": cpus, "gpu": gpus_for(config.get("arch"), gpus)}
 
         import ray
 
@@ -241,12 +256,10 @@ class TuneEngine:
 
     def burst(self) -> int:
         """One Tune experiment; returns how many trials it ran. Raises the store's error if the store failed."""
-        by_key = self.by_key
-        name_of = lambda trial: trial_name(by_key[trial.config["key"]])  # noqa: E731
         searcher = NodeSearcher(self.sched, self.about)
         self.bursts += 1
         with self.store._io("write Tune's experiment state under", self.store.fs_path("tune"), write=True):
-            tuner = self._tuner(searcher, name_of)
+            tuner = self._tuner(searcher)
         quiet_failures = _TrialFailureLines(self.log)
         controller_log = logging.getLogger("ray.tune.execution.tune_controller")
         controller_log.addFilter(quiet_failures)
@@ -257,13 +270,13 @@ class TuneEngine:
             controller_log.removeFilter(quiet_failures)
         return self._collect(results)
 
-    def _tuner(self, searcher, name_of):
+    def _tuner(self, searcher):
         return tune.Tuner(
             self.trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                         max_concurrent_trials=int(self.run_spec.max_concurrent_trials),
-                                        reuse_actors=True, trial_name_creator=name_of,
-                                        trial_dirname_creator=name_of),
+                                        reuse_actors=True, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=f"{self.plan.sweep.name}-{self.digest}-{self.bursts}", storage_path=self.store.fs_path("tune"),
                 storage_filesystem=None if self.store.is_local else self.store.fs,  # a URI's query would not

@@ -1,5 +1,8 @@
 """Streaming on a real Ray: a node starts when its own inputs are done, not when its wave is; the synthesis pool
 grows when a node joins the cluster mid-run (its shards then run on the new node too)."""
+import glob
+import json
+import re
 import threading
 import time
 
@@ -35,6 +38,22 @@ def test_a_training_starts_while_an_unrelated_synthesis_of_its_wave_still_runs(t
     assert counts["ran"] == len(plan.nodes)
     # the short set's training started before the long set (same depth) ended; wave order cannot do that
     assert t["train_d_det"][0] < t["d_long"][1], t
+    # Tune pickles a trial's name creators and resource function into the trial and its saved state: none may
+    # carry the sweep's other nodes (a closure over them made the cost of each trial grow with the sweep's size)
+    states = _trial_states(tmp_path / "store")
+    assert len(states) == sum(1 for n in plan.nodes.values() if n.kind in ("train", "evaluate"))
+    for state in states:
+        pickled = b"".join(bytes.fromhex(h) for h in re.findall(r'"value": ?"([0-9a-f]{16,})"', state))
+        assert pickled and not [k for k in plan.nodes if k.encode() in pickled], state[:300]
+
+
+def _trial_states(store_root) -> list[str]:
+    """Each Tune trial's saved state (JSON text) from the experiment states under ``<store>/tune``."""
+    out = []
+    for path in glob.glob(str(store_root / "tune" / "*" / "experiment_state-*.json")):
+        with open(path) as f:
+            out += [t[0] for t in json.load(f)["trial_data"]]
+    return out
 
 
 @pytest.mark.slow
