@@ -78,9 +78,29 @@ def test_the_synthesis_pool_grows_when_a_node_joins(tmp_path):
             cluster.add_node(num_cpus=2)
             joined.append(time.time())
 
+        requests, running = [], threading.Event()
+
+        def watch_autoscaler_requests():  # what an autoscaler would read: the cluster's standing request
+            running.set()
+            while running.is_set():
+                if ray.is_initialized():
+                    try:
+                        got = _standing_request()
+                    except Exception:
+                        if ray.is_initialized():
+                            raise
+                        break  # the run shut its Ray connection down between the check and the read
+                    if got is not None and (not requests or requests[-1][1] != got):
+                        requests.append((time.time(), got))
+                time.sleep(0.1)
+
         t = threading.Thread(target=join_when_synthesis_runs, daemon=True)
         t.start()
+        w = threading.Thread(target=watch_autoscaler_requests, daemon=True)
+        w.start()
         counts = run_plan_ray(plan, store, address=address, wandb_mode="disabled", log=print)
+        running.clear()
+        w.join(5)
         t.join(5)
         nodes_used = {m["worker"]["ray_node"] for m in store.load_meta(long.key)["shard_meta"]}
     finally:
@@ -89,3 +109,26 @@ def test_the_synthesis_pool_grows_when_a_node_joins(tmp_path):
         cluster.stop()
     assert joined and counts["ran"] == len(plan.nodes)
     assert len(nodes_used) == 2, nodes_used  # the head's actor and at least one on the node that joined
+    # with more shards waiting than actors, the pool asked for one actor-sized bundle per waiting or running shard
+    # (12 shards of the long set, the head's one CPU running one of them), then withdrew the request
+    asked = [r for _, r in requests if r]
+    assert asked and all(b == {"CPU": 1.0} for r in asked for b in r), requests
+    assert max(len(r) for r in asked) >= 2, requests
+    # withdrawn once no shard waited (here when the pool stopped after the last synthesis node), while the
+    # training on the long set still ran, not when the run ended
+    withdrawn = [t for t, r in requests if r == []]
+    train_long = next(k for k, n in plan.nodes.items() if n.stage == "train_long")
+    assert withdrawn and withdrawn[0] < counts["timeline"][train_long][1], (requests, counts["timeline"][train_long])
+
+
+def _standing_request():
+    """The resource request an autoscaler would act on (``ray.autoscaler.sdk.request_resources``'s), as a list of
+    bundles; None before any was made."""
+    import json
+
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    assert not is_autoscaler_v2()  # a `ray start` head runs the v1 monitor, which reads this key
+    raw = _internal_kv_get(b"autoscaler_resource_request")
+    return None if raw is None else json.loads(raw)
