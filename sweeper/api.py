@@ -113,9 +113,15 @@ class LoadedSweep:
                 for n in nodes.values()]
         return pd.DataFrame(rows, columns=["key", "kind", "label", "stage", "wave", "inputs", "done"])
 
-    def render(self) -> str:
-        """The text ``sweeper plan`` prints."""
-        return self.plan.render(self.done())
+    def render(self, show_all: bool = False) -> str:
+        """The text ``sweeper plan`` prints: one line per node, or past ``cli.PLAN_TABLE_MAX`` nodes a summary
+        (``show_all``: every node anyway)."""
+        from .cli import PLAN_TABLE_MAX
+
+        done = self.done()
+        if show_all or len(self.plan.nodes) <= PLAN_TABLE_MAX:
+            return self.plan.render(done)
+        return self.plan.render_summary(done)
 
     # ------------------------------------------------------------------------------------------- running
     def run(self, executor: str = "ray", *, wandb: Optional[str] = None, address: Optional[str] = None,

@@ -207,9 +207,12 @@ def log_report(plan, store, mode: str | None = None) -> None:
     m = resolve_mode(mode)
     if m == "disabled":
         return
+    import json
+
     from .report import build_rows
 
-    rows = build_rows(plan, store)
+    written = f"reports/{plan.sweep.name}/results.json"  # what write_report just wrote, else read the store
+    rows = json.loads(store.read_bytes(written)) if store.exists(written) else build_rows(plan, store)
     if not rows:
         return
     try:

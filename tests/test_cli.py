@@ -105,3 +105,9 @@ def test_a_long_plan_prints_a_summary_and_all_prints_every_node(tmp_path, capsys
     assert full.splitlines()[-1] == lines[-1]
     assert main(["plan", str(TOY), "--store", store]) == 0  # 8 nodes: the table, as always
     assert len(_keys(capsys.readouterr().out)) == 8
+    # the Python API prints what the command prints
+    import sweeper
+
+    loaded = sweeper.load(TOY, {"stages.d_det.attack.eps": {"grid": [round(0.01 * (i + 1), 2) for i in range(60)]}},
+                          store=store)
+    assert loaded.render().splitlines() == lines and loaded.render(show_all=True) == full.strip()

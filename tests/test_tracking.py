@@ -66,13 +66,23 @@ def test_offline_runs_equal_store_metrics(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # must never be written anywhere
     # a process of its own, as a user runs it: wandb hooks the console once per process, at its import, which
     # in a pytest process may have happened under another test's captured stdout
-    r = subprocess.run([sys.executable, "-m", "sweeper", "run", str(sweep_file), "--wandb", "offline", "--no-report"],
+    r = subprocess.run([sys.executable, "-m", "sweeper", "run", str(sweep_file), "--wandb", "offline"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = build_plan(load(sweep_file))
     store = Store(str(tmp_path / "store"))
     dirs = sorted(glob.glob(os.path.join(store.local_path("wandb"), "wandb", "offline-run-*")))
     runs = {r["run"]["id"]: r for r in map(read_offline_run, dirs)}
+    # the sweep's report run: the report's results table (as written to results.json) and its figures
+    report = runs.pop("wbtiny-report")
+    assert report["run"]["job_type"] == "report" and report["run"]["group"] == "wbtiny"
+    logged = {k.split(".")[0] for h in report["history"] for k in h}  # media are logged as {key}.{field}
+    assert {"results", "figure2", "table1"} <= logged, logged
+    table = glob.glob(os.path.join(next(d for d in dirs if d.endswith("wbtiny-report")), "files", "media", "table",
+                                   "results_*.table.json"))
+    rows = json.loads(store.read_bytes("reports/wbtiny/results.json"))
+    evals = sum(n.kind == "evaluate" for n in plan.nodes.values())
+    assert len(table) == 1 and len(json.load(open(table[0]))["data"]) == len(rows) == evals
     assert len(runs) == len(plan.nodes)
     assert len({r["run"]["name"] for r in runs.values()}) == len(runs)  # unique names: the nodes' labels
     for node in plan.nodes.values():
