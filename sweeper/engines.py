@@ -272,6 +272,7 @@ class Feeder(threading.Thread):
         self.pool = None
         self.threads: list[threading.Thread] = []
         self.synthesizing: dict[str, int] = {}  # synthesis nodes running here -> their height (Scheduler)
+        self._synth_lock = threading.Lock()  # node threads remove themselves while the loop reads the heights
         self._halt = threading.Event()
         self.error: BaseException | None = None
 
@@ -291,11 +292,14 @@ class Feeder(threading.Thread):
                     if not nodes:
                         break
                     pool.expect(nodes[0], self.ctx.shard_size)
-                    self.synthesizing[nodes[0].key] = self.sched.height[nodes[0].key]
+                    with self._synth_lock:
+                        self.synthesizing[nodes[0].key] = self.sched.height[nodes[0].key]
                     self._spawn(nodes[0], pool)
                 if self.pool is not None:
                     starved = self.pool.starved()
-                    self.sched.hold_tune_for(max(self.synthesizing.values(), default=0) if starved else 0)
+                    with self._synth_lock:
+                        highest = max(self.synthesizing.values(), default=0)
+                    self.sched.hold_tune_for(highest if starved else 0)
                 self.sched.wait(0.25)
         except BaseException as e:  # the scheduler stops everything and the driver raises it
             self.error = e
@@ -357,7 +361,8 @@ class Feeder(threading.Thread):
         else:
             self.sched.finish(node.key)
         finally:
-            self.synthesizing.pop(node.key, None)
+            with self._synth_lock:
+                self.synthesizing.pop(node.key, None)
 
     def stop(self) -> None:
         self._halt.set()
