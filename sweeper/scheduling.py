@@ -154,6 +154,11 @@ class Scheduler:
                 self._held_since = None
             self._changed.notify_all()
 
+    def tune_held(self) -> bool:
+        """Whether a hold is on (hold_tune_for), within its HOLD_MAX."""
+        with self._lock:
+            return bool(self._hold) and time.time() - self._held_since < HOLD_MAX
+
     def _held(self, engine: str, k: str) -> bool:
         if engine != "tune" or not self._hold or self.height[k] >= self._hold:
             return False

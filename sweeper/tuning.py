@@ -169,6 +169,12 @@ class NodeSearcher(Searcher):
             return Searcher.FINISHED
         nodes = self.sched.take("tune", 1)
         if not nodes:  # nothing ready: wait for it while trials run, else end this experiment (TuneEngine)
+            if self.trials and self.sched.tune_held():
+                # held back for synthesis waiting for room: while its searcher may still suggest, Tune keeps one
+                # idle trial actor cached (and its CPU/GPU) for the next trial, and the pool never gets that room
+                # (seen: 10 shards waited 10 minutes beside one running training). No more suggestions: Tune
+                # frees its cached actors now and the experiment ends with its running trials.
+                return Searcher.FINISHED
             return None if self.trials else Searcher.FINISHED
         node = nodes[0]
         self.trials[trial_id] = node.key

@@ -217,3 +217,22 @@ class _NoRun:
 
     def summary(self, *a, **k):
         pass
+
+
+def test_a_searcher_held_back_for_synthesis_stops_suggesting_so_tune_frees_its_cached_actor(tmp_path):
+    """While a trial runs, a searcher with nothing to suggest returns None: Tune then keeps an idle trial actor
+    cached (with its CPU) for the next trial. When the nodes are held back for synthesis waiting for room, it
+    returns FINISHED instead, so that Tune frees that actor and the pool gets the room."""
+    from ray.tune.search import Searcher
+
+    from sweeper.tuning import NodeSearcher
+
+    sched, _, _ = _sched(tmp_path)
+    searcher = NodeSearcher(sched, {k: PLAN.describe(n) for k, n in PLAN.nodes.items()})
+    first, second = searcher.suggest("t1"), searcher.suggest("t2")  # std and robust, both training
+    assert {first["key"], second["key"]} == {_by("std").key, _by("robust").key}
+    assert searcher.suggest("t3") is None  # nothing ready while they train: Tune asks again later
+    sched.finish(_by("std").key)
+    searcher.on_trial_complete("t1" if first["key"] == _by("std").key else "t2", {"done": 1})
+    sched.hold_tune_for(sched.height[_by("d_det").key])  # d_det's shards wait for an actor; eval(std) is held
+    assert searcher.suggest("t3") is Searcher.FINISHED
