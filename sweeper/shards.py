@@ -4,7 +4,8 @@ Each actor loads a source model once and writes finished shards straight to the 
 checksums); only small metadata travels back through Ray. A shard's randomness comes from (sweep seed, node
 key, shard index), so the synthesized set does not depend on the pool size or on the order in which shards
 finish. The shards of every synthesis node that is running share one queue, so two nodes of 2 shards keep 4
-actors busy; a free actor prefers a shard of the source model it already holds.
+actors busy; a free actor takes a shard of the node with the fewest waiting, preferring among equals the
+source model it already holds.
 
 The pool follows the work and the cluster: it starts actors while shards wait (up to ``actors``, a number or a
 function re-read every few seconds, e.g. the cluster's current CPUs or GPUs, so nodes that join are used) and
@@ -207,12 +208,14 @@ class ShardPool:
                 self._request(0)
 
     def _next_shard(self, slot: _Slot):
-        """A waiting shard for ``slot``: of the model it holds if any waits, else the oldest node's."""
+        """A waiting shard for ``slot``: of the node with the fewest shards waiting (a short set is not queued
+        behind a long one: it finishes, and its trainings start, sooner), among equals of the model the actor
+        holds, then the oldest node's."""
         with self._lock:
             jobs = [j for j in self._jobs if j.todo and j.error is None]
             if not jobs:
                 return None
-            job = next((j for j in jobs if j.source == slot.source), jobs[0])
+            job = min(jobs, key=lambda j: (len(j.todo), j.source != slot.source))  # min: the first of equals
             return job, job.todo.popleft()
 
     def _assign(self) -> None:
