@@ -270,37 +270,13 @@ def _base_key(rec: dict) -> tuple:
     return size, rec["target_arch"], rec["eval_stage"]
 
 
-def _group_norm(v):
-    """A GROUP value as rows and summary records can both be matched on (pandas turns 12 into 12.0, None into
-    NaN)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _by_group(rows: list[dict] | None) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
-    for r in rows or ():
-        out.setdefault(tuple(_group_norm(r.get(g)) for g in GROUP), []).append(r)
-    return out
-
-
-def _per_seed(groups: dict[tuple, list[dict]], rec: dict, col: str) -> list[float]:
-    """The values of ``col`` over the seeds of ``rec``'s group (GROUP), NaN left out."""
-    return [r[col] for r in groups.get(tuple(_group_norm(rec[g]) for g in GROUP), ())
-            if isinstance(r.get(col), (int, float)) and not math.isnan(r[col])]
-
-
-def claims(summ, num_classes: int, rows: list[dict] | None = None) -> list[dict]:
+def claims(summ, num_classes: int) -> list[dict]:
     """The paper's claims checked on this sweep's numbers (means over seeds): D_R more and D_NR less robust than
     a clean model trained on the same number of real images (largest ball's worst case), D_rand and D_det above
-    chance on the true labels. Each: {claim, here, paper, holds, seeds}; ``seeds`` (with ``rows``): how many of
-    the (set seed, baseline seed) pairs, or of the seeds, agree with the claim, e.g. "4/4"."""
+    chance on the true labels. Each: {claim, here, paper, holds, seeds}; ``seeds``: how many of the (set seed,
+    baseline seed) pairs, or of the seeds, agree with the claim (from the summary's ``<col>_values``), e.g.
+    "4/4 pairs"."""
     recs = summ.to_dict("records")
-    groups = _by_group(rows)
     worst = [c[:-len("_mean")] for c in summ.columns if c.startswith("robust_worst[") and c.endswith("_mean")]
     out = []
     largest: dict[str, str] = {}  # per norm, the ball with the largest eps
@@ -321,7 +297,7 @@ def claims(summ, num_classes: int, rows: list[dict] | None = None) -> list[dict]
                 if base is None or math.isnan(r[f"{col}_mean"]):
                     continue
                 d = r[f"{col}_mean"] - base[f"{col}_mean"]
-                pairs = [(a, b) for a in _per_seed(groups, r, col) for b in _per_seed(groups, base, col)]
+                pairs = [(a, b) for a in r[f"{col}_values"] for b in base[f"{col}_values"]]
                 out.append({"claim": f"{ts} ({r['model_stage']}) {'more' if sign > 0 else 'less'} robust than the "
                                      f"same-size clean baseline ({base['model_stage']}, n={r['train_size']}), "
                                      f"{_ball_label(col)}",
@@ -333,7 +309,7 @@ def claims(summ, num_classes: int, rows: list[dict] | None = None) -> list[dict]
     for ts, paper in (("D_rand", "63.3% (CIFAR-10)"), ("D_det", "43.7% (CIFAR-10)")):
         for r in (r for r in recs if r["train_set"] == ts):
             extra = f"; hit rate {_pm(r, 'hit_rate')}" if r.get("hit_rate_count") else ""
-            accs = _per_seed(groups, r, "clean_acc")
+            accs = r["clean_acc_values"]
             out.append({"claim": f"{ts} ({r['model_stage']}, {r['target_arch']}) above chance "
                                  f"({100 * chance:.0f}%) on the true test labels",
                         "here": _pm(r, "clean_acc") + extra, "paper": paper,
@@ -420,7 +396,7 @@ def _summary_lines(summ, rows: list[dict], num_classes: int) -> list[str]:
     worst = _cols(rows, "robust_worst[")
     gaps = _cols(rows, "pgd_gap[")
     lines = ["## The paper's claims on this sweep", ""]
-    cl = claims(summ, num_classes, rows)
+    cl = claims(summ, num_classes)
     if cl:
         lines += ["| claim | here (mean ± std over seeds) | paper | holds | seeds that agree |", "|---|---|---|---|---|"]
         lines += [f"| {c['claim']} | {c['here']} | {c['paper']} | {'yes' if c['holds'] else '**no**'} | "

@@ -92,20 +92,13 @@ def _root(err: BaseException) -> str:
     return f"{type(cause).__name__}: {text}"
 
 
-def trial_name(node) -> str:
-    """A trial's name and folder: its label made filesystem-safe, then 8 chars of its key."""
-    return _name(node.label, node.key)
-
-
-def _name(label: str, key: str) -> str:
-    return f"{re.sub(r'[^A-Za-z0-9_.=,+-]+', '_', label)[:80]}-{key[:8]}"
-
-
 def _trial_name(trial) -> str:
-    """``trial_name`` from the trial's own config (NodeSearcher.suggest puts label and key there). Tune pickles its
-    name creators into every trial it makes: a module-level function is a reference, where a closure over the
-    sweep's nodes was pickled whole each time (the cost per trial grew with the number of trials)."""
-    return _name(trial.config["label"], trial.config["key"])
+    """A trial's name and folder: its node's label made filesystem-safe, then 8 chars of its key, both from the
+    trial's own config (NodeSearcher.suggest puts them there). Tune pickles its name creators into every trial
+    it makes: a module-level function is a reference, where a closure over the sweep's nodes was pickled whole
+    each time (the cost per trial grew with the number of trials)."""
+    label, key = trial.config["label"], trial.config["key"]
+    return f"{re.sub(r'[^A-Za-z0-9_.=,+-]+', '_', label)[:80]}-{key[:8]}"
 
 
 class Progress(tune.Callback):

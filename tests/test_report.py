@@ -107,12 +107,11 @@ def test_claims_count_the_seed_pairs_that_agree(tmp_path):
     plan, store = _filled(tmp_path)
     rows = build_rows(plan, store)
     col = worst_column("l2_eps1")
-    cl = {c["claim"][:4]: c for c in claims(summary(rows), num_classes=10, rows=rows)}
+    cl = {c["claim"][:4]: c for c in claims(summary(rows), num_classes=10)}
     assert cl["D_R "]["seeds"] == "4/4 pairs" and cl["D_de"]["seeds"] == "2/2 seeds"
     low = [dict(r, **{col: 0.25}) if (r["model_stage"], r["seed"]) == ("train_d_r", 0) else r for r in rows]
-    d_r = next(c for c in claims(summary(low), num_classes=10, rows=low) if c["claim"].startswith("D_R"))
+    d_r = next(c for c in claims(summary(low), num_classes=10) if c["claim"].startswith("D_R"))
     assert d_r["seeds"] == "3/4 pairs" and d_r["holds"]
-    assert claims(summary(rows), num_classes=10)[0]["seeds"] is None  # without the rows: not counted
     write_report(plan, store)
     md = store.read_bytes(f"reports/{plan.sweep.name}/report.md").decode()
     assert "| seeds that agree |" in md and "| 4/4 pairs |" in md
