@@ -17,7 +17,7 @@ mkdir -p "$WORK/head" "$WORK/worker" "$WORK/here"
 port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 S3_PORT=$(port); GCS_PORT=$(port); DASH_PORT=$(port); CLIENT_PORT=$(port); AGENT1=$(port); AGENT2=$(port)
 export RAY_USAGE_STATS_ENABLED=0
-export PATH="$BIN:$PATH"   # a job's `python` is the head's (on cluster.yaml's nodes: the one setup_commands installs into)
+export PATH="$BIN:$PATH"   # a job's `python3` is the head's (on cluster.yaml's nodes: the one setup_commands installs into)
 # moto accepts any credentials; on AWS these come from `aws configure` or the nodes' instance role
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 
@@ -77,8 +77,8 @@ cd "$WORK/here"   # a folder of the user's; nothing may be written here but the 
 step "sweeper data push fashion_mnist --store \$STORE"
 "$BIN/sweeper" data push fashion_mnist --store "$STORE"
 
-step "sweeper submit (from the project root, which is uploaded as the job's working directory)"
-JOB=$(cd "$REPO" && "$BIN/sweeper" submit search_spaces/fmnist_smoke.yaml --address "$DASH" --store "$STORE" \
+step "sweeper submit (the nodes run their installed sweeper; only the sweep file travels, inside the job)"
+JOB=$("$BIN/sweeper" submit "$REPO/search_spaces/fmnist_smoke.yaml" --address "$DASH" --store "$STORE" \
       --set data.root=store --wandb offline)
 echo "job: $JOB"
 for _ in $(seq 600); do

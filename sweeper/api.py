@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
@@ -44,7 +45,9 @@ def load(path: Union[str, Path], overrides: Overrides = None, *, store: Optional
     YAML: ``["seed=1", "stages.d_det.attack.eps={grid: [0.2, 0.4]}"]``). ``store``: like ``--store``, instead
     of ``run.store`` of the file (a relative path is taken from the current directory, as on the command line).
     Raises :class:`~sweeper.errors.SpecError` for a bad file or override, :class:`~sweeper.errors.StoreError` for
-    a store that cannot be used.
+    a store that cannot be used. Node keys hash the data's files (their sha256): without the data the plan is
+    still loaded, with a warning and provisional keys, and ``run``/``report`` raise
+    :class:`~sweeper.errors.DataNotFoundError`.
     """
     from .plan import build_plan
     from .spec import load as load_spec
@@ -52,9 +55,11 @@ def load(path: Union[str, Path], overrides: Overrides = None, *, store: Optional
 
     sets = _overrides(path, overrides)
     sweep = load_spec(path, sets or None)
-    plan = build_plan(sweep)
     st = Store(store or sweep.run.store)
     st.check()  # an unreachable endpoint, no such bucket, a path under a file: now, not later
+    plan = build_plan(sweep, st)  # data.root: store reads the dataset's manifest from this store
+    if plan.data_error:  # as `sweeper plan`: the plan can be looked at, not run (run() and report() raise)
+        warnings.warn(f"{plan.data_error}; the plan's keys are provisional (no checksum)", stacklevel=2)
     return LoadedSweep(Path(path), sets, plan, st)
 
 
@@ -98,7 +103,9 @@ class LoadedSweep:
 
     # ------------------------------------------------------------------------------------------ the plan
     def done(self) -> set[str]:
-        """The keys of the plan's nodes that are finished in the store."""
+        """The keys of the plan's nodes that are finished in the store (none when its keys are provisional)."""
+        if self.plan.data_error:
+            return set()
         return {k for k in self.plan.nodes if self.store.is_done(k)}
 
     def plan_frame(self):

@@ -9,6 +9,7 @@
     sweeper wandb FILE [--to DIR]   copy the sweep's offline W&B runs out of the store, for `wandb sync`
     sweeper data push DATASET --store URI [--from DIR]   copy a dataset into the store (data.root: store)
     sweeper data list --store URI                        the datasets pushed into a store
+    sweeper migrate-keys FILE [--old-root ROOT]   copy a store's nodes from the old keys (which hashed data.root)
 
 User mistakes (a bad sweep file, missing data) print one clear line and exit non-zero, without a traceback.
 """
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                         ("run", "run the sweep; re-running resumes"),
                         ("report", "write results tables, report.md and figures")]:
         s = sub.add_parser(name, help=help_)
-        s.add_argument("file", help="a sweep file, e.g. search_spaces/fmnist_demo.yaml")
+        s.add_argument("file", help="a sweep file, e.g. search_spaces/fmnist_demo.yaml ('-': read it from stdin)")
         s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a value of the sweep file (VALUE is YAML), e.g. --set data.root=store; "
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a value of the sweep file (VALUE is YAML), e.g. "
                         "--set 'stages.d_det.attack.eps={grid: [0.25, 0.5]}'; repeatable")
     s.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    s.add_argument("--code", choices=["installed", "upload"], default="installed",
+                   help="installed (default): the job runs the sweeper installed on the nodes (cluster.yaml installs "
+                        "it) and only the sweep file travels, inside the job; upload: this project folder is "
+                        "uploaded as the job's working directory, so code changed here since `ray up` runs there")
     s = sub.add_parser("data", help="datasets in the store: push once, every node loads and checks that copy")
     dsub = s.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("push", help="copy a dataset's files into <store>/datasets/DATASET (manifest written last)")
@@ -81,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="send every file again, even those the store has")
     d = dsub.add_parser("list", help="print the datasets pushed into a store")
     d.add_argument("--store", required=True, help="artifact store (path or URI)")
+    s = sub.add_parser(
+        "migrate-keys", help="reuse a store written before node keys hashed the data's content: copy its finished "
+                             "nodes to the new keys (nothing recomputed; the old entries are kept)",
+        description="Node keys hash the data's content (the sha256 of its files), no longer data.root (where it is "
+                    "read from). This copies every node of FILE's plan that is done under its old key to its new "
+                    "key: files copied (server-side on S3), manifest written last, so an interrupted migration is "
+                    "finished by running it again; running it twice copies nothing. The old entries are kept "
+                    "unless --remove-old. Needs the data (its checksum makes the new keys).")
+    s.add_argument("file", help="the sweep file the store's nodes were run with")
+    s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same overrides as given to run")
+    s.add_argument("--old-root", default=None, metavar="ROOT",
+                   help="the data.root the store's nodes were planned with, as YAML (null for none; default: the "
+                        "file's data.root after --set), when the data has moved since, e.g. --old-root store")
+    s.add_argument("--remove-old", action="store_true",
+                   help="delete each old entry once its copy is committed (only when no other sweep file in this "
+                        "store still needs it)")
     s = sub.add_parser("wandb", help="copy the offline W&B runs of every node (any store) to a local folder for "
                                      "`wandb sync`")
     s.add_argument("file", help="the sweep file")
@@ -96,7 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args):
+def _load(args, provisional: bool = False):
+    """(sweep, plan, store) of a command's file, --set and --store. Without the data (its checksum is part of
+    every key) the plan's keys are provisional: ``provisional`` (``plan``) takes it with a warning line, every
+    other command stops with the reason (exit 3)."""
     from .errors import SpecError
     from .plan import build_plan
     from .spec import load
@@ -107,21 +133,59 @@ def _load(args):
     except ValueError as e:
         raise SpecError(args.file, "", str(e)) from None
     sweep = load(args.file, overrides or None)
-    plan = build_plan(sweep)
     store = Store(args.store or sweep.run.store)
     store.check()  # an unreachable endpoint, no such bucket, a path under a file: one line now, not later
+    plan = build_plan(sweep, store)  # data.root: store reads the dataset's manifest from this store
+    if plan.data_error and not provisional and sweep.data.dataset == "fashion_mnist" and sweep.data.root != "store":
+        # not on this machine: torchvision's download (into data.root or ~/.cache/sweeper/data), then the keys
+        # hash the downloaded files; a failed download raises DataNotFoundError saying where it looked and why
+        from .data import load as load_data
+
+        print(f"sweeper: {plan.data_error}; trying torchvision's download", file=sys.stderr)
+        for split in ("train", "test"):
+            load_data("fashion_mnist", split, root=sweep.data.root)
+        plan = build_plan(sweep, store)
+    if not provisional:
+        plan.require_data()
+    elif plan.data_error:
+        print(f"sweeper: warning: {plan.data_error}; the keys below are provisional (no checksum) and no node is "
+              "marked done", file=sys.stderr)
     return sweep, plan, store
+
+
+def _legacy_note(plan, store) -> None:
+    from .migrate import legacy_hint
+
+    hint = legacy_hint(plan, store)
+    if hint:
+        print(f"sweeper: note: {hint}", file=sys.stderr)
 
 
 def _cmd_plan(args) -> int:
     from .report import done_keys
 
-    _, plan, store = _load(args)
-    done = done_keys(store, plan.nodes)
+    _, plan, store = _load(args, provisional=True)
+    done = set() if plan.data_error else done_keys(store, plan.nodes)
     if args.show_all or len(plan.nodes) <= PLAN_TABLE_MAX:
         print(plan.render(done))
     else:
         print(plan.render_summary(done))
+    _legacy_note(plan, store)
+    return 0
+
+
+def _cmd_migrate_keys(args) -> int:
+    import yaml
+
+    from .migrate import FILE_ROOT, migrate
+
+    _, plan, store = _load(args)
+    old_root = FILE_ROOT if args.old_root is None else yaml.safe_load(args.old_root)
+    if old_root is not FILE_ROOT and old_root is not None and not isinstance(old_root, str):
+        from .errors import SpecError
+
+        raise SpecError(args.file, "", f"--old-root: expected a path, URI, `store` or null, got {args.old_root!r}")
+    migrate(plan, store, old_root=old_root, remove_old=args.remove_old)
     return 0
 
 
@@ -130,6 +194,7 @@ def _cmd_run(args) -> int:
     from .report import write_report
 
     _, plan, store = _load(args)
+    _legacy_note(plan, store)
     t0 = time.time()
     mode = args.wandb or os.environ.get("WANDB_MODE") or plan.sweep.run.wandb
     if args.executor == "ray":
@@ -164,7 +229,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_validate_cluster(args) -> int:
-    from .cluster import check_cluster
+    from .clusterfile import check_cluster
 
     problems, warnings = check_cluster(args.file)
     for p in problems:
@@ -197,7 +262,8 @@ def _cmd_submit(args) -> int:
         overrides = _parse_sets(args.overrides)
     except ValueError as e:  # a malformed --set is the sweep file's mistake (exit 2), not the cluster's
         raise SpecError(args.file, "", str(e)) from None
-    job = cluster.submit(args.file, args.address, overrides=overrides or None, store=args.store, wandb=args.wandb)
+    job = cluster.submit(args.file, args.address, overrides=overrides or None, store=args.store, wandb=args.wandb,
+                         code=args.code)
     print(job)
     if not args.wait:
         print(f"follow it: sweeper status {job} --address {args.address}; sweeper logs {job} --address "
@@ -270,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--executor local runs everything in this process; it cannot take --address")
     handler = {"plan": _cmd_plan, "run": _cmd_run, "report": _cmd_report,
                "validate-cluster": _cmd_validate_cluster, "submit": _cmd_submit, "status": _cmd_status,
-               "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb}[args.command]
+               "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb,
+               "migrate-keys": _cmd_migrate_keys}[args.command]
     try:
         return handler(args)
     except SweeperError as e:  # exit codes: sweeper.errors

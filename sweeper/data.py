@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .data_id import DOWNLOAD_DIR, FASHION_MNIST_SYSTEM_DIR, fmnist_dirs, fmnist_split_files
+from .data_id import find_idx as _find_idx  # noqa: F401 (the name data_store and older callers import)
 from .errors import DataNotFoundError
 
 __all__ = ["Dataset", "DataNotFoundError", "load", "subset_indices", "augment_batch", "toy_eta",
            "FASHION_MNIST_SYSTEM_DIR"]
 
-FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -60,35 +61,20 @@ def _read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims).copy()  # writable
 
 
-def _find_idx(directory: Path, stem: str) -> Path | None:
-    for sub in ("", "FashionMNIST/raw", "raw"):
-        for suffix in (".gz", ""):
-            p = directory / sub / f"{stem}{suffix}"
-            if p.is_file():
-                return p
-    return None
-
-
-def _fmnist_from_dir(directory: Path, train: bool):
-    prefix = "train" if train else "t10k"
-    img = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
-    lab = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
-    if img is None or lab is None:
-        return None
-    return _read_idx(img), _read_idx(lab)
+def _fmnist_arrays(root: str | None, train: bool):
+    """(images, labels) as arrays from the files :func:`sweeper.data_id.fmnist_split_files` picks (the files
+    node keys hash), or None."""
+    pair = fmnist_split_files(root, "train" if train else "t10k")
+    return None if pair is None else (_read_idx(pair[0]), _read_idx(pair[1]))
 
 
 def _load_fashion_mnist(split: str, root: str | None) -> Dataset:
     train = _check_split(split)
-    dirs = ([Path(root).expanduser()] if root else []) + [Path(FASHION_MNIST_SYSTEM_DIR)]
-    arrays = None
-    for d in dirs:
-        arrays = _fmnist_from_dir(d, train)
-        if arrays is not None:
-            break
+    dirs = fmnist_dirs(root)
+    arrays = _fmnist_arrays(root, train)
     download_err = None
     if arrays is None:
-        dl_root = Path(root).expanduser() if root else Path("~/.cache/sweeper/data").expanduser()
+        dl_root = Path(root).expanduser() if root else Path(DOWNLOAD_DIR).expanduser()
         try:
             from torchvision.datasets import FashionMNIST
 
@@ -112,7 +98,7 @@ def _load_fashion_mnist(split: str, root: str | None) -> Dataset:
 # ------------------------------------------------------------------------------------------ CIFAR-10
 def _load_cifar10(split: str, root: str | None) -> Dataset:
     train = _check_split(split)
-    root_p = Path(root).expanduser() if root else Path("~/.cache/sweeper/data").expanduser()
+    root_p = Path(root).expanduser() if root else Path(DOWNLOAD_DIR).expanduser()
     try:
         from torchvision.datasets import CIFAR10
 

@@ -6,8 +6,9 @@ into the artifact store, so that every node of a cluster loads the same checked 
 
 The manifest is the commit point: a push writes it after every file (and removes an old one before changing
 any file), so a folder without it is not a dataset. A sweep file says ``data.root: store`` for "the copy in this
-sweep's store"; the plan keeps that literal (node keys do not depend on where the store is) and the engines
-resolve it (:func:`resolve_data_root`). On a node, :func:`local_root` copies the files into a node-local cache
+sweep's store"; the plan keeps that literal and keys the data by its manifest's checksums
+(:mod:`sweeper.data_id`: the same files give the same keys in any store or folder), and the engines resolve it
+(:func:`resolve_data_root`). On a node, :func:`local_root` copies the files into a node-local cache
 (``$SWEEPER_CACHE`` or ``~/.cache/sweeper``, then ``datasets/<dataset>-<manifest digest>/``), checking every
 file's sha256, and hands that folder to :func:`sweeper.data.load`. No Ray.
 
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import data as data_mod
-from .data import FASHION_MNIST_SYSTEM_DIR, _find_idx
+from .data_id import (CIFAR_FILES, CIFAR_FOLDER, FASHION_MNIST_SYSTEM_DIR, FMNIST_FILES, MANIFEST, STORE_ROOT,
+                      content_sha256, is_pushed)
+from .data_id import find_idx as _find_idx
 from .errors import CorruptDataset, DataNotFoundError
 from .schema import DataSpec, ToySpec
 from .store import _MISSING, Store
@@ -34,14 +37,7 @@ from .store import _MISSING, Store
 __all__ = ["STORE_ROOT", "PUSHABLE", "CorruptDataset", "load_split", "real_subset", "test_set", "push", "list_pushed",
            "dataset_uri", "resolve_data_root", "is_pushed", "fetch", "local_root", "cache_dir"]
 
-STORE_ROOT = "store"  # the data.root value meaning "the copy pushed into this sweep's store"
-MANIFEST = "manifest.json"
 PUSHABLE = ("fashion_mnist", "cifar10")
-FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte")
-# what torchvision.datasets.CIFAR10 reads under its root (base_folder, train_list, test_list, meta)
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 _CHUNK = 1 << 20
 
 
@@ -199,20 +195,20 @@ def dataset_uri(store: Store, dataset: str) -> str:
 def resolve_data_root(plan, store: Store):
     """The plan with ``data.root: store`` replaced by the store's pushed copy (other plans: unchanged).
 
-    Planning keeps the literal ``store`` so node keys do not depend on where the store is; the engines call
-    this before running, so every worker gets a root it can load. Raises DataNotFoundError (one line) when the
-    dataset was not pushed into this store.
+    Planning keeps the literal ``store`` (its keys hash the pushed manifest's checksums, not the store's place);
+    the engines call this before running, so every worker gets a root it can load. Raises DataNotFoundError (one
+    line) when the dataset was not pushed into this store, or when the copy there is not the data the plan's keys
+    name (pushed again since, or the plan was made with another store).
     """
     d = plan.sweep.data
     if d.root != STORE_ROOT:
         return plan
-    if d.dataset not in PUSHABLE:
-        raise DataNotFoundError(f"data.root: {STORE_ROOT} needs a pushed dataset ({', '.join(PUSHABLE)}), "
-                                f"not {d.dataset}")
-    if not store.exists(f"datasets/{d.dataset}/{MANIFEST}"):
+    digest = content_sha256(d.dataset, STORE_ROOT, store)  # one manifest read; raises when not pushed
+    keyed = plan.data.get("sha256")
+    if keyed and keyed != digest:
         raise DataNotFoundError(
-            f"data.root is `{STORE_ROOT}` but {d.dataset} was never pushed into {store.uri} (no "
-            f"datasets/{d.dataset}/{MANIFEST}): run `sweeper data push {d.dataset} --store {store.uri}` first")
+            f"{d.dataset} in {store.uri} (files' sha256 {digest[:16]}) is not the data this plan's keys name "
+            f"({keyed[:16]}): it was pushed again since, or the plan was made for another store; plan again")
     data = d.model_copy(update={"root": dataset_uri(store, d.dataset)})
     return dataclasses.replace(plan, sweep=dataclasses.replace(plan.sweep, data=data))
 
@@ -220,11 +216,6 @@ def resolve_data_root(plan, store: Store):
 # ---------------------------------------------------------------------------------- loading on a node
 def cache_dir() -> Path:
     return Path(os.environ.get("SWEEPER_CACHE") or "~/.cache/sweeper").expanduser()
-
-
-def is_pushed(root: str) -> bool:
-    """A URI (``s3://...``, ``file://...``) or a local folder holding a pushed dataset's manifest.json."""
-    return "://" in root or Path(root, MANIFEST).expanduser().is_file()
 
 
 def _check_name(name: str, where: str) -> None:

@@ -95,6 +95,7 @@ def run_plan(plan: Plan, store: Store, *, log: Log = _default_log, threads: int 
 
     Each node is computed under a lease (leases.Leases): another driver on the same store computes other nodes
     meanwhile, and a node it holds is waited for (is it done? has its lease expired?), never computed twice."""
+    plan.require_data()  # a plan made without its data has provisional keys: nothing is computed under them
     plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
     if threads:
         torch.set_num_threads(threads)
@@ -195,6 +196,7 @@ def run_plan_ray(plan: Plan, store: Store, *, address: str | None = None, log: L
     ``"HOST:PORT"`` joins a running cluster. ``barrier=True`` holds every node until all shallower nodes are done
     (the old wave order; the scale benchmark's baseline). Progress bars on a terminal; elsewhere log lines.
     """
+    plan.require_data()  # a plan made without its data has provisional keys: nothing is computed under them
     plan = resolve_data_root(plan, store)  # data.root: store -> the dataset pushed into this store
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray

@@ -1,8 +1,9 @@
-"""The plan: a DAG of unique nodes with content keys, a pure function of the sweep file.
+"""The plan: a DAG of unique nodes with content keys, a pure function of the sweep file (and its data's checksum).
 
 A node holds its typed stage model (``node.spec``, seed resolved). Its key hashes what it computes (kind,
-that model, input keys, data section, CODE_VERSION), never where or how it runs (``run:``), nor stage names:
-two stages or grid points that compute the same thing share one node. No Ray, no torch here.
+that model, input keys, the data's identity, CODE_VERSION), never where or how it runs (``run:``), nor stage
+names, nor where the data is read from (``data.root``: the identity is the data's content,
+:mod:`sweeper.data_id`): two stages or grid points that compute the same thing share one node. No Ray, no torch.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from .data_id import identity
+from .errors import DataNotFoundError
 from .schema import (KINDS, AttackConfig, EvaluateStage, Stage, Sweep, SynthesizeStage, TrainStage,
                      TransferStage)
 from .spec import dumps_point, topo_order
@@ -81,6 +84,14 @@ def seed_for(*parts: Any) -> int:
 class Plan:
     sweep: Sweep
     nodes: dict[str, Node] = field(default_factory=dict)  # topological order
+    data: dict = field(default_factory=dict)  # what every key hashes about the data (data_identity)
+    data_error: Optional[str] = None  # why the data's checksum is unknown: then the keys are provisional
+
+    def require_data(self) -> None:
+        """Raise DataNotFoundError (one line) when the plan was made without its data: its keys are provisional
+        (they hash no checksum), so nothing may be computed, stored or reported under them."""
+        if self.data_error:
+            raise DataNotFoundError(self.data_error)
 
     def depths(self) -> dict[str, int]:
         d: dict[str, int] = {}
@@ -205,19 +216,38 @@ class _Draft:
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
-def build_plan(sweep: Sweep) -> Plan:
+def data_identity(sweep: Sweep, store=None) -> dict:
+    """What every node key of ``sweep`` hashes about its data: :func:`sweeper.data_id.identity` (the ``data:``
+    section without ``root``, plus the files' checksum for real data) and the sweep seed, which picks the
+    real-data subsets. ``store`` (a Store or URI; default ``run.store``) is read only for ``data.root: store``.
+    Raises DataNotFoundError when the data cannot be found."""
+    return {**identity(sweep.data, store if store is not None else sweep.run.store), "sweep_seed": sweep.seed}
+
+
+def build_plan(sweep: Sweep, store=None) -> Plan:
     """Expand every stage over its grid points and its upstream nodes; identical keys share a node.
+
+    ``store``: where ``data.root: store`` finds the pushed dataset's manifest (a Store or URI; default
+    ``run.store``; the CLI passes ``--store``). When the data cannot be found the plan is still built, with
+    provisional keys (the checksum left null) and ``plan.data_error`` saying why: ``sweeper plan`` prints it
+    with a warning, and :meth:`Plan.require_data` (the engines, the report) refuses it.
 
     Linear in the number of nodes: each grid point's params are dumped once (not once per node), each stage's
     nodes are kept in a dict, and every Node is built once, when its label and robust curve are final."""
+    try:
+        data, error = data_identity(sweep, store), None
+    except DataNotFoundError as e:
+        data = {**sweep.data.model_dump(), "root": None, "sha256": None, "sweep_seed": sweep.seed}
+        error = str(e)
     with gc_paused():
-        return _build_plan(sweep)
+        plan = _build_plan(sweep, data)
+    plan.data_error = error
+    return plan
 
 
-def _build_plan(sweep: Sweep) -> Plan:
-    plan = Plan(sweep=sweep)
-    # the sweep seed picks the real-data subsets, so it is part of what every node computes
-    data = {**sweep.data.model_dump(), "sweep_seed": sweep.seed}
+def _build_plan(sweep: Sweep, data: dict) -> Plan:
+    """The plan whose keys hash ``data`` (:func:`data_identity`, or the old keying for ``migrate-keys``)."""
+    plan = Plan(sweep=sweep, data=data)
     data_json, version = _dumps(data), _dumps(CODE_VERSION)
     drafts: dict[str, _Draft] = {}  # key -> node being built, in topological order
     by_stage: dict[str, dict[str, None]] = {}  # stage -> its node keys, in order of first appearance

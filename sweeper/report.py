@@ -535,7 +535,9 @@ def figures(rows: list[dict], transfers: list[dict], summ=None) -> dict[str, byt
 def write_report(plan: Plan, store: Store, metas: dict[str, dict] | None = None) -> dict:
     """Write every report file under ``reports/<sweep>/``; returns {name: store path}. ``metas``: {key: meta}
     of the plan's done nodes (``done_metas``; ``sweeper report`` has them already, and the report takes the
-    dict over), else each node's manifest is read once."""
+    dict over), else each node's manifest is read once. A plan made without its data (provisional keys) is
+    refused (DataNotFoundError): its report would be empty and replace the real one."""
+    plan.require_data()
     # tens of thousands of metas, rows and cells, none in a cycle: the collector's passes over them cost more than
     # it could free (the figures are cycles, but at most MAX_EXAMPLE_GRIDS + 3 of them; freed when it resumes)
     with gc_paused():

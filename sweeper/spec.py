@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import reprlib
+import sys
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin
 
@@ -364,11 +365,15 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
 
 
 def load_raw(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Sweep]:
-    """(the parsed mapping with ``overrides`` applied, the validated sweep): for writing the overridden file."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise SpecError(str(path), "", f"cannot read: {exc}") from None
+    """(the parsed mapping with ``overrides`` applied, the validated sweep): for writing the overridden file.
+    ``path`` "-" reads the sweep from standard input."""
+    if str(path) == "-":  # a sweep piped in (a job submitted by `sweeper submit` sends its file this way)
+        text, path = sys.stdin.read(), "<stdin>"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise SpecError(str(path), "", f"cannot read: {exc}") from None
     raw = _yaml(text, str(path))
     if not overrides:
         return raw, validate(raw, source=str(path))

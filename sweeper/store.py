@@ -334,13 +334,38 @@ class Store:
         attempt = uuid.uuid4().hex[:12]
         for name, data in payload.items():
             self._write(self._p(rel, attempt, name), data)
+        self._commit(rel, key, meta, attempt, {n: {"size": len(d), "sha256": _sha(d)} for n, d in payload.items()})
+        return True
+
+    def _commit(self, rel: str, key: str, meta: dict, attempt: str, files: dict, **extra) -> None:
+        """Write the manifest naming ``attempt``'s ``files`` (already written): the commit point. When a
+        concurrent writer's manifest won, our attempt's files are removed."""
         manifest = {"format": FORMAT, "key": key, "meta": meta, "created": _utc(), "attempt": attempt,
-                    "files": {n: {"size": len(d), "sha256": _sha(d)} for n, d in payload.items()}}
+                    "files": files, **extra}
         manifest["digest"] = _digest(manifest)
         self._put_atomic(self._p(rel, MANIFEST), json.dumps(manifest, sort_keys=True, indent=1).encode())
         final = self._manifest(rel, check_files=False)
         if final is None or final.get("attempt") != attempt:  # a concurrent writer committed after us: theirs
             self._delete_attempt(rel, attempt)
+
+    def copy_node(self, src: str, dst: str, meta: dict, **extra) -> bool:
+        """Commit node ``src``'s files as node ``dst``, with ``meta`` and ``extra`` manifest fields: each file is
+        copied (server-side on object stores, never moved) into a fresh attempt folder of ``dst``, keeping its
+        size and sha256 from ``src``'s manifest, and the manifest is written last. False when ``dst`` is done
+        already (kept); FileNotFoundError when ``src`` is not done. ``src`` is left as it is."""
+        old = self._manifest(f"nodes/{src}")
+        if old is None:
+            raise FileNotFoundError(f"no artifact {src} in {self.uri}")
+        rel = f"nodes/{dst}"
+        if self._manifest(rel) is not None:
+            return False
+        attempt, base = uuid.uuid4().hex[:12], self._files_rel(f"nodes/{src}", old)
+        for name in old["files"]:
+            target = self._p(rel, attempt, name)
+            with self._io("copy", target, write=True):
+                self._mkdirs(target)
+                self.fs.copy_file(self._p(base, name), target)
+        self._commit(rel, dst, meta, attempt, old["files"], **extra)
         return True
 
     def _delete_attempt(self, rel: str, attempt: str) -> None:

@@ -1,15 +1,24 @@
 import os
 import secrets
+import shutil
 import tempfile
 
 import pytest
 import torch
 
+# One temp folder for the whole test session, removed when it ends: TMPDIR points here, so pytest's tmp_path
+# folders, every Ray the tests start (sweeper's local Ray under $TMPDIR/ray, `ray start` clusters' --temp-dir),
+# W&B's and multiprocessing's temp files all land inside it, and nothing is left in /tmp. Short, because Ray's
+# unix socket paths (under a session folder of ~40 characters) must stay under 108 characters.
+_SESSION_TMP = tempfile.mkdtemp(prefix="swt-", dir="/tmp")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None  # re-read TMPDIR
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray token authentication, handled explicitly: every Ray the tests start (sweeper's own local Ray, `ray start`
 # heads and worker nodes) runs in token mode with one token in a temp file, so nothing reads or writes
 # ~/.ray/auth_token (Ray 2.60 creates that file on a plain ray.init() and then turns auth on for `ray start`).
-_TOKEN_DIR = tempfile.mkdtemp(prefix="sweeper-test-ray-")
+_TOKEN_DIR = _SESSION_TMP
 with open(os.path.join(_TOKEN_DIR, "auth_token"), "w") as _f:
     _f.write(secrets.token_hex(32))
 os.environ["RAY_AUTH_MODE"] = "token"
@@ -91,3 +100,18 @@ def store_uri(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3_uri")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's temp folder (see the top of this file) with everything the tests left in it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    shutil.rmtree(_SESSION_TMP, ignore_errors=False, onerror=_gone_is_fine)
+
+
+def _gone_is_fine(func, path, exc_info):
+    """rmtree: a file that a process still stopping removed meanwhile is fine; anything else is raised."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]

@@ -82,7 +82,7 @@ class RayCluster:
         self.address = None
         # its own temp dir (short: Ray's unix socket paths are limited), so that stop() can find this cluster's
         # processes and leave any other Ray on the machine alone (`ray stop` would kill every one of them)
-        self.temp_dir = tempfile.mkdtemp(prefix="sweeper-rt-", dir="/tmp")
+        self.temp_dir = tempfile.mkdtemp(prefix="rt-")
 
     def _ray(self, *args, cwd=None) -> None:
         r = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=180, cwd=cwd)

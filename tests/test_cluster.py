@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = (ROOT / "cluster.yaml").read_text()
 
 
+@pytest.fixture(autouse=True)
+def _token_home(request, tmp_path_factory, monkeypatch):
+    """cluster.yaml mounts the user's ~/.ray/auth_token: validate-cluster checks that it exists. The offline
+    tests get a HOME of their own holding one (never the real ~/.ray); the real-head test keeps its HOME."""
+    if request.node.get_closest_marker("ray"):
+        return
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text("0" * 32)
+    monkeypatch.setenv("HOME", str(home))
+
+
 def _variant(tmp_path, text):
     p = tmp_path / "cluster.yaml"
     p.write_text(text)
@@ -158,7 +170,10 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
         override = ["--set", "stages.eval.attacks=[{norm: l2, eps: 0.5, steps: 2}]"]
         try:
             t0 = time.time()
-            rc = main(["submit", str(sweep.relative_to(ROOT)), "--address", url, "--wait", *override])
+            # --code upload: the project folder travels as the job's working directory (the default, installed,
+            # runs the nodes' own sweeper and sends only the sweep's text: the resubmission below)
+            rc = main(["submit", str(sweep.relative_to(ROOT)), "--address", url, "--wait", "--code", "upload",
+                       *override])
             out = capsys.readouterr()
             assert rc == 0, out.err[-4000:]
             print(f"first job: {time.time() - t0:.0f} s", file=sys.stderr)
@@ -170,7 +185,8 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
             assert len(rows) == 2, rows
             assert all("robust_acc[l2_eps0.5_s2]" in r for r in rows), rows[0]  # --set reached the job
             # resubmitting the same sweep resumes: everything is in the store, so the job runs no node
-            assert main(["submit", str(sweep.relative_to(ROOT)), "--address", url, "--wait", *override]) == 0
+            monkeypatch.chdir(tmp_path)  # installed code: the sweep file may live anywhere
+            assert main(["submit", str(sweep), "--address", url, "--wait", *override]) == 0
             job2 = capsys.readouterr().out.strip().splitlines()[-1]
             assert job2 != job
             assert main(["logs", job2, "--address", url]) == 0
@@ -182,3 +198,24 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
                 sub.rmdir()
     finally:
         cluster.stop()
+
+
+def test_fake_autoscaling_config_follows_cluster_yaml():
+    """The autoscaling tests' cluster (tests/fakecluster.py) has cluster.yaml's node types: the same worker type
+    names and counts, a head with nothing for work, one CPU per GPU; Ray's own schema accepts it."""
+    import yaml
+    from fakecluster import fake_config
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    shipped = yaml.safe_load(SHIPPED)
+    fake = fake_config(ROOT / "cluster.yaml", "127.0.0.1:1", idle_timeout_minutes=0.15)
+    workers = {k: v for k, v in shipped["available_node_types"].items() if k != shipped["head_node_type"]}
+    assert set(fake["available_node_types"]) == {"ray.head.default", *workers}
+    assert fake["max_workers"] == shipped["max_workers"]
+    assert fake["available_node_types"]["ray.head.default"]["resources"] == {"CPU": 0}
+    for name, nt in workers.items():
+        got = fake["available_node_types"][name]
+        assert (got["min_workers"], got["max_workers"]) == (nt.get("min_workers", 0), nt["max_workers"])
+        assert got["resources"]["CPU"] == nt["resources"]["GPU"]
+    assert fake_config(ROOT / "cluster.yaml", "127.0.0.1:1")["idle_timeout_minutes"] == shipped["idle_timeout_minutes"]
+    validate_config(prepare_config(fake))

@@ -30,7 +30,7 @@ def two_nodes(tmp_path):
     try:
         address = c.start_head(num_cpus=1, cwd=folders["head"])
         port = c.add_node(num_cpus=1, cwd=folders["worker"],
-                          temp_dir=tempfile.mkdtemp(prefix="sweeper-rw-", dir="/tmp"))
+                          temp_dir=tempfile.mkdtemp(prefix="rw-"))
         yield c, address, port, folders
     finally:
         c.stop()
