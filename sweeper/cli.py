@@ -7,6 +7,7 @@
     sweeper submit FILE --address URL   run a sweep on a Ray cluster as a job (resubmitting resumes)
     sweeper status JOB --address URL / sweeper logs JOB --address URL
     sweeper wandb FILE [--to DIR]   copy the sweep's offline W&B runs out of the store, for `wandb sync`
+    sweeper dashboard FILE --entity E --project P [--json OUT] [--publish]   the sweep's W&B report and saved view
     sweeper data push DATASET --store URI [--from DIR]   copy a dataset into the store (data.root: store)
     sweeper data list --store URI                        the datasets pushed into a store
     sweeper migrate-keys FILE [--old-root ROOT]   copy a store's nodes from the old keys (which hashed data.root)
@@ -31,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="sweeper", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit codes: 0 done (every node of the plan verified in the store); 2 a bad sweep file, --set or "
                "store; 3 data not found or damaged;\n4 a cluster or job problem (address, token); 5 work failed "
-               "after its retries (run the same command again to resume);\n130 / 143 interrupted by Ctrl-C / "
+               "after its retries (run the same command again to resume);\n6 `sweeper dashboard`: "
+               "wandb-workspaces missing or the publish failed;\n130 / 143 interrupted by Ctrl-C / "
                "SIGTERM (run the same command again to resume)")
     p.add_argument("--version", action="version", version=f"sweeper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -112,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="the same overrides as given to run")
     s.add_argument("--to", default=None, metavar="DIR",
                    help="where to put them (default: wandb-runs/<sweep name>)")
+    s = sub.add_parser("dashboard", help="build the sweep's W&B report and saved view as code (wandb-workspaces); "
+                                         "--json OUT writes them offline, --publish saves them to W&B")
+    s.add_argument("file", help="the sweep file")
+    s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same overrides as given to run")
+    s.add_argument("--entity", required=True, help="the W&B entity (user or team) the runs are synced to")
+    s.add_argument("--project", required=True, help="the W&B project the runs are synced to (WANDB_PROJECT of the run)")
+    s.add_argument("--json", dest="json_out", default=None, metavar="OUT",
+                   help="write the serialised report and view specs to OUT (no network)")
+    s.add_argument("--publish", action="store_true",
+                   help="save the report and the view to W&B (WANDB_API_KEY; WANDB_BASE_URL for a private server)")
     for name, help_ in [("status", "print a submitted job's status"), ("logs", "print a submitted job's logs")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("job", help="the job id printed by `sweeper submit`")
@@ -322,6 +336,32 @@ def _cmd_wandb(args) -> int:
     return 0
 
 
+def _cmd_dashboard(args) -> int:
+    import json
+
+    from .dashboard import build, panels, publish, report_body, view_body
+
+    _, plan, store = _load(args)
+    report, view = build(plan, store, args.entity, args.project)  # wandb-workspaces missing: one line, exit 6
+    bodies = {"report": report_body(report), "view": view_body(view)}
+    if not any(p["viewType"] == "Media Browser" and p["config"].get("mediaKeys") for p in panels(bodies["report"])):
+        print(f"sweeper: note: no report images in {store.path('reports', plan.sweep.name)} yet: the media panel "
+              "lists none; run `sweeper dashboard` again after `sweeper report`", file=sys.stderr)
+    for what, body in bodies.items():
+        kinds = sorted({p["viewType"] for p in panels(body)})
+        print(f"{what}: {len(panels(body))} panels ({', '.join(kinds)})")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(bodies, f, indent=1, sort_keys=True)
+        print(f"wrote {args.json_out}")
+    if args.publish:
+        for url in publish(report, view):
+            print(f"published {url}")
+    elif not args.json_out:
+        print("nothing written: give --json OUT and/or --publish")
+    return 0
+
+
 def _print_written(written: dict) -> None:
     for name, path in written.items():
         print(f"wrote {path}")
@@ -336,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--executor local runs everything in this process; it cannot take --address")
     handler = {"plan": _cmd_plan, "run": _cmd_run, "report": _cmd_report,
                "validate-cluster": _cmd_validate_cluster, "submit": _cmd_submit, "status": _cmd_status,
-               "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb,
+               "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb, "dashboard": _cmd_dashboard,
                "migrate-keys": _cmd_migrate_keys}[args.command]
     try:
         return handler(args)

@@ -260,12 +260,30 @@ def run_transfer(node: Node, ctx: Context, progress: Optional[Progress] = None) 
 
 
 def eval_metrics(meta: dict) -> dict:
+    """An evaluation's final numbers under results.csv's column names (``robust_acc[<attack>]``,
+    ``robust_worst[<ball>]``); W&B receives them renamed by ``tracking.wandb_name``."""
+    from .report import attack_column, worst_column
+
     out = {"clean_acc": meta["clean_acc"], "shifted_acc": meta["shifted_acc"]}
-    out.update({f"robust/{r['attack']}": r["acc"] for r in meta["robust"]})
+    out.update({attack_column(r): r["acc"] for r in meta["robust"]})
     if meta.get("worst_acc") is not None:
         out["worst_acc"] = meta["worst_acc"]
-    out.update({f"worst/{b}": w["acc"] for b, w in (meta.get("worst_by_ball") or {}).items()})
+    out.update({worst_column(b): w["acc"] for b, w in (meta.get("worst_by_ball") or {}).items()})
     return out
+
+
+def eval_curve(meta: dict) -> list[dict]:
+    """Robust accuracy against eps, as history rows W&B can plot with eps on the x axis: one row per eps in
+    increasing order (eps 0: the clean accuracy), holding ``eps`` and, per norm with a ball of that eps,
+    ``robust_at_eps[<norm>]``: the ball's worst case over its attacks (the report's robust accuracy)."""
+    balls = list((meta.get("worst_by_ball") or {}).values())
+    if not balls:
+        return []
+    by_eps: dict[float, dict] = {0.0: {w["norm"]: meta["clean_acc"] for w in balls}}
+    for w in balls:
+        by_eps.setdefault(float(w["eps"]), {})[w["norm"]] = w["acc"]
+    return [{"eps": eps, **{f"robust_at_eps[{n}]": a for n, a in sorted(accs.items())}}
+            for eps, accs in sorted(by_eps.items())]
 
 
 def _synth_summary(meta: dict) -> str:
@@ -283,6 +301,7 @@ class Kind:
     size: Callable[[Node, Context], int]  # how much progress the run reports in all, in ``unit``s
     unit: str
     engine: str                       # where run_plan_ray runs it: "pool" (synthesis actors), "tune", "driver"
+    history: Callable[[dict], list] = lambda m: []  # meta -> rows logged to W&B after the run (evaluate: vs eps)
 
 
 KINDS: dict[str, Kind] = {
@@ -295,7 +314,7 @@ KINDS: dict[str, Kind] = {
     "evaluate": Kind(run_evaluate, eval_metrics,
                      lambda m: f"clean {m['clean_acc']:.3f} " + " ".join(f"{r['attack']} {r['acc']:.3f}"
                                                                         for r in m["robust"]),
-                     lambda n, c: 1, "node", "tune"),
+                     lambda n, c: 1, "node", "tune", eval_curve),
     "transfer": Kind(run_transfer, lambda m: {"target_rate": m["target_rate"], "original_rate": m["original_rate"]},
                      lambda m: f"reads target {m['target_rate']:.3f}, original {m['original_rate']:.3f}",
                      lambda n, c: 1, "node", "driver"),
@@ -310,7 +329,7 @@ def advance(event: dict) -> int:
 def execute(node: Node, ctx: Context, wb, progress: Optional[Progress] = None, run=None) -> dict:
     """Run one node: ``run`` (default: its kind's; the actor pool passes its own) with every progress event
     logged to ``wb`` (a tracking.NodeRun; epoch rows at their epoch) and passed on to ``progress``; the kind's
-    final numbers go to ``wb``'s summary. Returns the node's meta."""
+    history rows (evaluate: accuracy against eps) and final numbers go to ``wb``. Returns the node's meta."""
     kind = KINDS[node.kind]
 
     def on(event: dict) -> None:
@@ -319,5 +338,7 @@ def execute(node: Node, ctx: Context, wb, progress: Optional[Progress] = None, r
             progress(event)
 
     meta = (run or kind.run)(node, ctx, on)
+    for row in kind.history(meta):
+        wb.log(row)
     wb.summary(kind.metrics(meta))
     return meta

@@ -190,8 +190,9 @@ class AttackConfig(_Strict):
         return 2.5 * self.eps / self.steps
 
     def name(self) -> str:
-        """The attack's one display name (evaluation meta, W&B key ``robust/<name>``, report column
-        ``robust_acc[<name>]``): "l2_eps0.5_s10", then a suffix per option not at its default."""
+        """The attack's one display name (evaluation meta, report column ``robust_acc[<name>]``, W&B metric
+        ``robust_acc/<name>`` with dots as ``p``: tracking.wandb_name): "l2_eps0.5_s10", then a suffix per option
+        not at its default."""
         out = f"{self.norm}_eps{self.eps:g}_s{self.steps}"
         if self.step_size is not None:
             out += f"_ss{self.step_size:g}"

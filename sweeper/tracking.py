@@ -13,12 +13,37 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
 
 MODES = ("offline", "online", "disabled")
+WANDB_NAME = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9/]*$")  # what W&B panels read as one metric (a dot means nesting)
+
+
+def wandb_name(name: str) -> str:
+    """The W&B name of a result name (a results.csv column, a logged metric, a media key); the one mapping.
+
+    ``robust_acc[l2_eps0.5_s2]`` -> ``robust_acc/l2_eps0p5_s2``: brackets become a ``/`` level, a dot becomes
+    ``p`` (as in 0p5), a minus ``m`` (1e-05 -> 1em05), any other character outside ``[_a-zA-Z0-9/]`` (``=``,
+    ``,``, spaces) ``_``; a name starting with a digit gets a leading ``_``. Names that already match
+    :data:`WANDB_NAME` (``clean_acc``, ``shard/hit_rate``) are unchanged."""
+    n = str(name)
+    if WANDB_NAME.match(n):
+        return n
+    n = re.sub(r"\[([^\]]*)\]", r"/\1", n).replace(".", "p").replace("-", "m")
+    n = re.sub(r"[^_a-zA-Z0-9/]", "_", n).strip("/") or "_"
+    return n if re.match(r"[_a-zA-Z]", n) else "_" + n
+
+
+def wandb_names(metrics: dict) -> dict:
+    """``metrics`` with every key mapped by :func:`wandb_name` (two names mapping to one is a bug: refused)."""
+    out = {wandb_name(k): v for k, v in metrics.items()}
+    if len(out) != len(metrics):
+        raise ValueError(f"metric names collide once mapped for W&B: {sorted(metrics)}")
+    return out
 
 
 class NodeRun:
@@ -30,13 +55,13 @@ class NodeRun:
         self._upload = upload  # (store, staging dir): copy the finished offline run into a remote store
 
     def log(self, metrics: dict, step: int | None = None) -> None:
-        """A row of the run's history (``step``: e.g. the epoch)."""
-        self._call(lambda: self.run.log(metrics, step=None if step is None else int(step)), "log")
+        """A row of the run's history (``step``: e.g. the epoch); names mapped by :func:`wandb_name`."""
+        self._call(lambda: self.run.log(wandb_names(metrics), step=None if step is None else int(step)), "log")
 
     def summary(self, metrics: dict) -> None:
-        """The run's final numbers."""
+        """The run's final numbers; names mapped by :func:`wandb_name`."""
         if metrics:
-            self._call(lambda: self.run.summary.update(metrics), "summary")
+            self._call(lambda: self.run.summary.update(wandb_names(metrics)), "summary")
 
     def _call(self, fn, what: str) -> None:
         if self.run is None:
@@ -86,6 +111,7 @@ def node_config(plan, node) -> dict:
     readable settings (plan.describe), its spec with the sweep file's key names, grid point and inputs."""
     cfg = {"sweep": plan.sweep.name, "key": node.key, "dataset": plan.sweep.data.dataset, **plan.describe(node),
            "params": node.spec.model_dump(mode="json", by_alias=True), "point": node.point, "inputs": node.inputs}
+    cfg.update(panel_config(plan, node))
     if node.robust_curve is not None:
         cfg["robust_curve"] = node.robust_curve.dump()
     try:
@@ -95,6 +121,52 @@ def node_config(plan, node) -> dict:
     except Exception as e:  # provenance is informative only
         _warn(f"no provenance for W&B config ({e!r})")
     return cfg
+
+
+def set_kind(plan, synth) -> str:
+    """What a model trained on the synthesized set ``synth`` is trained on: D_det / D_rand (relabelled), D_R /
+    D_NR (inverted from an adversarially / a standardly trained source)."""
+    if synth.spec.method == "relabel":
+        return "D_det" if synth.spec.targets == "deterministic" else "D_rand"
+    return "D_R" if plan.nodes[synth.inputs["source"]].spec.adversarial else "D_NR"
+
+
+def _synthesis_settings(plan, synth) -> dict:
+    """The settings behind a synthesized set, under results.csv's names (``synth_*``, ``source_arch``)."""
+    p = synth.spec
+    attack = getattr(p, "attack", None) if p.method == "relabel" else None
+    return {"set_kind": set_kind(plan, synth), "source_arch": plan.nodes[synth.inputs["source"]].spec.arch,
+            "synth_method": p.method, "synth_norm": attack.norm if attack else "l2",
+            "synth_eps": attack.eps if attack else None,
+            "synth_steps": attack.steps if attack else p.inversion.steps, "synth_size": p.size}
+
+
+def panel_config(plan, node) -> dict:
+    """The flat config keys dashboards group and filter by (sweeper.dashboard reads these names):
+
+    - synthesize: ``set_kind`` (D_R/D_NR/D_rand/D_det), ``source_arch`` and the ``synth_*`` settings;
+    - transfer: ``probe_arch``, ``probe_train_set`` (the probe model's), and the probed set's as above;
+    - train: ``train_size`` and, on a synthesized set, that set's settings;
+    - evaluate: the evaluated model's ``model_seed``, ``train_set``, ``train_size`` and the settings of the
+      synthesized set it was trained on (``synth_norm``, ``synth_eps``, ``synth_steps``, ``synth_size``...).
+    Every key is present on every run of its kind (None where it does not apply), so a panel's axis exists."""
+    none = dict.fromkeys(("set_kind", "source_arch", "synth_method", "synth_norm", "synth_eps", "synth_steps",
+                          "synth_size"))
+    if node.kind == "synthesize":
+        return _synthesis_settings(plan, node)
+    if node.kind == "transfer":
+        probe = plan.nodes[node.inputs["model"]]
+        return {**_synthesis_settings(plan, plan.nodes[node.inputs["data"]]), "probe_arch": probe.spec.arch,
+                "probe_train_set": plan.train_set(probe), "probe_seed": probe.spec.seed}
+    model = node if node.kind == "train" else plan.nodes.get(node.inputs.get("model", ""))
+    if model is None or model.kind != "train":
+        return {}
+    out = {**none, "model_seed": model.spec.seed, "train_set": plan.train_set(model),
+           "train_size": getattr(model.spec, "train_size", None)}
+    if "data" in model.inputs:
+        synth = _synthesis_settings(plan, plan.nodes[model.inputs["data"]])
+        out.update(synth, train_size=synth["synth_size"])
+    return out
 
 
 def node_tags(plan, node) -> list[str]:
@@ -202,14 +274,43 @@ def tracked(plan, node, store, mode: str | None = None):
         run.finish()
 
 
+REPORT_FIGURES = ("figure2", "table1", "figure3")  # the report's PNGs the report run logs, besides example grids
+FIGURE3_COLUMNS = ("arch", "seed", "transfer_rate", "d_det_acc")
+
+
+def report_media(plan, store) -> dict[str, str]:
+    """{W&B media key: the store path of its PNG} for the images the report run logs: the report's figures
+    (``figure2``, ``table1``, ``figure3``, those it drew) and an example grid per synthesized set it drew
+    (``examples/<set label>``, from ``examples_<label>.png``), in that order."""
+    base = f"reports/{plan.sweep.name}"
+    out = {name: f"{base}/{name}.png" for name in REPORT_FIGURES if store.exists(f"{base}/{name}.png")}
+    labels = {f"examples_{n.label}.png": n.label for n in plan.nodes.values() if n.kind == "synthesize"}
+    for info in sorted(store.listdir(base), key=lambda i: i.base_name):
+        if info.base_name in labels:
+            out[f"examples/{wandb_name(labels[info.base_name])}"] = f"{base}/{info.base_name}"
+    return out
+
+
+def figure3_points(rows: list[dict], transfers: list[dict]) -> list[list]:
+    """Figure 3's points as table rows (:data:`FIGURE3_COLUMNS`): per D_det evaluation, the transfer rate of the
+    set's adversarial examples to a standard model of the evaluated architecture, and its D_det accuracy. They
+    join a transfer probe and an evaluation, which no W&B panel can do; the report run logs them as a table."""
+    from .figures import transfer_points
+
+    return [[p["arch"], p["seed"], p["transfer_rate"], p["test_acc"]] for p in transfer_points(rows, transfers)]
+
+
 def log_report(plan, store, mode: str | None = None) -> None:
-    """One run per sweep holding the results table and the report's figures (Table 1 / Figure 2 analogues)."""
+    """One run per sweep (job_type ``report``) holding the results table (``results``: results.json's rows, columns
+    named by :func:`wandb_name`), Figure 3's points (``figure3_points``, a table: always logged, empty when the
+    sweep has none) and the report's images (:func:`report_media`: Figure 2 / Table 1 / Figure 3 analogues,
+    example grids of the synthesized sets)."""
     m = resolve_mode(mode)
     if m == "disabled":
         return
     import json
 
-    from .report import build_rows
+    from .report import build_rows, transfer_rows
 
     written = f"reports/{plan.sweep.name}/results.json"  # what write_report just wrote, else read the store
     rows = json.loads(store.read_bytes(written)) if store.exists(written) else build_rows(plan, store)
@@ -218,22 +319,25 @@ def log_report(plan, store, mode: str | None = None) -> None:
     try:
         import wandb
 
+        points = figure3_points(rows, transfer_rows(plan, store))
+        media = report_media(plan, store)
         root, upload = wandb_dir(store)
         report = NodeRun(None, upload=upload)
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sweeper"), dir=root, mode=m,
                          id=f"{plan.sweep.name}-report", name=f"{plan.sweep.name} report", group=plan.sweep.name,
                          job_type="report", config={"sweep": plan.sweep.name, "kind": "report"},
                          reinit="create_new", resume="allow", settings=wandb.Settings(console="off", silent=True))
-        cols = sorted({c for r in rows for c in r})
-        run.log({"results": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
-        base = f"reports/{plan.sweep.name}"
+        cols = list(dict.fromkeys(c for r in rows for c in r))  # results.csv's order
+        logged = {"results": wandb.Table(columns=[wandb_name(c) for c in cols],
+                                         data=[[r.get(c) for c in cols] for r in rows]),
+                  "figure3_points": wandb.Table(columns=list(FIGURE3_COLUMNS), data=points)}
         with tempfile.TemporaryDirectory(prefix="sweeper-fig-") as figs:  # wandb.Image reads a local file
-            for name in ("figure2.png", "table1.png", "figure3.png"):
-                if store.exists(f"{base}/{name}"):
-                    path = os.path.join(figs, name)
-                    with open(path, "wb") as f:
-                        f.write(store.read_bytes(f"{base}/{name}"))
-                    run.log({name[:-4]: wandb.Image(path)})
+            for i, (key, path) in enumerate(media.items()):
+                local = os.path.join(figs, f"{i}.png")
+                with open(local, "wb") as f:
+                    f.write(store.read_bytes(path))
+                logged[key] = wandb.Image(local, caption=os.path.basename(path))
+            run.log(logged)
             run.finish()
         report.finish()  # a remote store: copy the run up
     except Exception as e:  # the report files in the store are the results; W&B is a copy

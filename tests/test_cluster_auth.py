@@ -302,6 +302,7 @@ def _wait_dashboard(url: str, token: str, timeout: float = 60) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~40 s (a head, a worker, a job); .ci/run runs the slow tests after `make test`
 def test_head_from_cluster_yaml_requires_the_token(own_cluster, tmp_path, monkeypatch, capsys):
     """cluster.yaml's head and worker `ray start` lines, verbatim but for ports, temp dir and the cloud
     autoscaler (`--autoscaling-config` names the file `ray up` writes on a real head): the Jobs API and the

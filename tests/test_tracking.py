@@ -116,7 +116,9 @@ def test_offline_runs_equal_store_metrics(sweep_file, tmp_path, monkeypatch):
             assert (run["config"]["norm"], run["config"]["eps"], "l2") == ("l2", 2.0, run["run"]["tags"][-1])
         elif node.kind == "evaluate":
             assert run["summary"]["clean_acc"] == pytest.approx(meta["clean_acc"])
-            assert run["summary"]["robust/" + meta["robust"][0]["attack"]] == pytest.approx(meta["robust"][0]["acc"])
+            # results.csv's column robust_acc[l2_eps1_s3], under its W&B name (tracking.wandb_name)
+            assert run["summary"]["robust_acc/" + meta["robust"][0]["attack"]] == pytest.approx(meta["robust"][0]["acc"])
+            assert [h["eps"] for h in run["history"]] == [0.0, 1.0]  # accuracy against eps: clean, then the ball
             assert meta["robust"][0]["attack"] == "l2_eps1_s3" and run["config"]["attacks"] == ["l2_eps1_s3"]
     # Tune's experiments read back with Tune alone: a trial per train/evaluate node, its folder named from the
     # node's label, its config the node's readable settings beside its key
