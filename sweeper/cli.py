@@ -150,7 +150,7 @@ def _load(args, provisional: bool = False):
     store = Store(args.store or sweep.run.store)
     store.check()  # an unreachable endpoint, no such bucket, a path under a file: one line now, not later
     plan = build_plan(sweep, store)  # data.root: store reads the dataset's manifest from this store
-    if plan.data_error and not provisional and sweep.data.dataset == "fashion_mnist" and sweep.data.root != "store":
+    if plan.data_error and not provisional and _downloadable(sweep.data):
         # not on this machine: torchvision's download (into data.root or ~/.cache/sweeper/data), then the keys
         # hash the downloaded files; a failed download raises DataNotFoundError saying where it looked and why
         from .data import load as load_data
@@ -165,6 +165,16 @@ def _load(args, provisional: bool = False):
         print(f"sweeper: warning: {plan.data_error}; the keys below are provisional (no checksum) and no node is "
               "marked done", file=sys.stderr)
     return sweep, plan, store
+
+
+def _downloadable(data) -> bool:
+    """Fashion-MNIST read from a local folder (or the default places): torchvision can download it there. Not a
+    store copy (`store`, a URI or a folder holding a pushed manifest): that is pushed, never downloaded."""
+    from .data_id import STORE_ROOT, is_pushed
+
+    root = data.root
+    return data.dataset == "fashion_mnist" and (root is None or (root != STORE_ROOT and "://" not in root
+                                                                  and not is_pushed(root)))
 
 
 def _legacy_note(plan, store) -> None:

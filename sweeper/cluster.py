@@ -98,6 +98,8 @@ def submit(sweep_file: str | os.PathLike, address: str, *, overrides: Optional[d
 
     if code not in CODE_MODES:
         raise ValueError(f"code={code!r}: expected one of {', '.join(CODE_MODES)}")
+    if str(sweep_file) == "-":
+        raise ClusterError("sweeper submit needs a sweep file (not '-'): its text is sent with the job")
     raw, sweep = load_raw(sweep_file, overrides)
     text = yaml.safe_dump(raw, sort_keys=False) if overrides else Path(sweep_file).read_text()
     eff = store or sweep.run.store
@@ -105,6 +107,11 @@ def submit(sweep_file: str | os.PathLike, address: str, *, overrides: Optional[d
         raise ClusterError(f"{sweep_file}: run.store is the relative path {eff!r}, which the job would resolve "
                            "inside its own folder on the head (and lose); pass --store s3://bucket/store "
                            "(or an absolute path on a single-node cluster)")
+    root = sweep.data.root
+    if root and root != "store" and "://" not in root and not os.path.isabs(os.path.expanduser(root)):
+        raise ClusterError(f"{sweep_file}: data.root is the relative path {root!r}, which the job would resolve in "
+                           "its own folder on the head; push the data once (`sweeper data push DATASET --store "
+                           "URI`) and submit with --set data.root=store, or give an absolute path on the nodes")
     opts = (["--store", store] if store else []) + (["--wandb", wandb] if wandb else [])
     env = {k: os.environ[k] for k in WANDB_ENV if os.environ.get(k)}
     env.update(extra_env or {})

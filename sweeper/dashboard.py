@@ -258,6 +258,8 @@ def _check_reachable(timeout: float = 5.0) -> None:
     import socket
     from urllib.parse import urlparse
 
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return  # W&B's client goes through the proxy; a direct connect says nothing about it
     base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     url = urlparse(base if "://" in base else f"https://{base}")
     port = url.port or (443 if url.scheme == "https" else 80)

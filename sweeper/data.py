@@ -85,7 +85,8 @@ def _load_fashion_mnist(split: str, root: str | None) -> Dataset:
     if arrays is None:
         looked = ", ".join(str(d) for d in dirs)
         raise DataNotFoundError(
-            f"Fashion-MNIST ({split}) not found (looked in {looked}; download failed: {download_err}). "
+            f"Fashion-MNIST ({split}) not found (looked in {looked}; download failed: "
+            f"{(str(download_err).splitlines() or [type(download_err).__name__])[0]}). "
             f"Install it with `apt-get install dataset-fashion-mnist`, put the gzipped IDX files in `root`, "
             f"or allow torchvision to download them.")
     images, labels = arrays

@@ -12,6 +12,7 @@ import torch
 # unix socket paths (under a session folder of ~40 characters) must stay under 108 characters.
 _SESSION_TMP = tempfile.mkdtemp(prefix="swt-", dir="/tmp")
 os.environ["TMPDIR"] = _SESSION_TMP
+os.environ["SWEEPER_CACHE"] = os.path.join(_SESSION_TMP, "cache")  # datasets fetched from stores: not ~/.cache
 tempfile.tempdir = None  # re-read TMPDIR
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -108,7 +109,17 @@ def pytest_sessionfinish(session, exitstatus):
 
     if ray.is_initialized():
         ray.shutdown()
-    shutil.rmtree(_SESSION_TMP, ignore_errors=False, onerror=_gone_is_fine)
+    import time
+    import warnings
+
+    for attempt in range(5):  # a Ray process still stopping may write a log file while the folder goes
+        try:
+            shutil.rmtree(_SESSION_TMP, onerror=_gone_is_fine)
+            return
+        except OSError as e:
+            error = e
+            time.sleep(1)
+    warnings.warn(f"could not remove the test session's temp folder {_SESSION_TMP}: {error}")
 
 
 def _gone_is_fine(func, path, exc_info):

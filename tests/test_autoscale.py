@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 # SMALL, plus a second synthesis from the retrained model: between the two the pool is idle but alive, and must
 # withdraw its autoscaler request by itself (not only when it shuts down after the last synthesis)
 AUTO = SMALL.replace("synthesis_actors: 2", "synthesis_actors: auto") + """\
-  d_det2: {kind: synthesize, from: train_d_det, method: relabel, size: 200, targets: deterministic,
-           attack: {norm: l2, eps: 2.0, steps: 2, step_size: 0.5}}
+  d_det2: {kind: synthesize, from: train_d_det, method: relabel, size: 400, targets: deterministic,
+           attack: {norm: l2, eps: 2.0, steps: 6, step_size: 0.5}}
 """
 # synthesis long enough (24 shards) and training long enough (8 epochs) to lose a node in the middle of each
 PREEMPT = (SLOW.replace("synthesis_actors: 2", "synthesis_actors: auto")

@@ -219,3 +219,17 @@ def test_fake_autoscaling_config_follows_cluster_yaml():
         assert got["resources"]["CPU"] == nt["resources"]["GPU"]
     assert fake_config(ROOT / "cluster.yaml", "127.0.0.1:1")["idle_timeout_minutes"] == shipped["idle_timeout_minutes"]
     validate_config(prepare_config(fake))
+
+
+def test_submit_refuses_what_the_job_could_not_resolve(tmp_path, capsys, monkeypatch):
+    """Before any request: a relative data.root (the job would read it in its own folder on the head) and '-' are
+    refused with one line, exit 4."""
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "rel.yaml"
+    sweep.write_text(SMALL.replace("STORE", str(tmp_path / "store")).replace(
+        "data: {dataset: fashion_mnist,", "data: {dataset: fashion_mnist, root: ./data/fmnist,"))
+    assert main(["submit", str(sweep), "--address", "http://127.0.0.1:9"]) == 4
+    err = capsys.readouterr().err
+    assert "data.root is the relative path './data/fmnist'" in err and "--set data.root=store" in err, err
+    assert main(["submit", "-", "--address", "http://127.0.0.1:9"]) == 4
+    assert "needs a sweep file (not '-')" in capsys.readouterr().err

@@ -170,3 +170,20 @@ def test_a_store_copy_pushed_again_is_not_taken_for_the_planned_one(tmp_path):
     data_store.push("cifar10", store, str(tmp_path / "other"), log=lambda s: None)
     with pytest.raises(DataNotFoundError, match="is not the data this plan's keys name"):
         data_store.resolve_data_root(plan, store)
+
+
+def test_a_store_copy_that_is_not_there_is_never_downloaded(tmp_path, monkeypatch, capsys):
+    """data.root naming a store copy (a URI) that was never pushed: one line, exit 3, no torchvision download
+    attempted and nothing written where the command runs."""
+    from sweeper.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nseed: 0\ndata: {dataset: fashion_mnist, root: 'file://%s/nothing', test_size: 100}\n"
+                     "run: {store: %s}\nstages:\n  a: {kind: train, arch: small_cnn, train_size: 100, "
+                     "train: {epochs: 1}}\n" % (tmp_path, tmp_path / "store"))
+    assert main(["run", str(sweep), "--executor", "local"]) == 3
+    err = capsys.readouterr().err
+    assert "trying torchvision's download" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.startswith("sweeper:")]) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"], list(tmp_path.iterdir())
