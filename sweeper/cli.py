@@ -11,6 +11,7 @@
     sweeper data push DATASET --store URI [--from DIR]   copy a dataset into the store (data.root: store)
     sweeper data list --store URI                        the datasets pushed into a store
     sweeper migrate-keys FILE [--old-root ROOT]   copy a store's nodes from the old keys (which hashed data.root)
+    sweeper schema                 the sweep file's JSON Schema (search_spaces/sweep.schema.json is a copy)
 
 User mistakes (a bad sweep file, missing data) print one clear line and exit non-zero, without a traceback.
 """
@@ -24,23 +25,64 @@ import time
 
 PLAN_TABLE_MAX = 200  # `sweeper plan` prints every node up to this many, else a summary (--all: every node)
 
+DESCRIPTION = """\
+sweeper runs the experiments of Ilyas et al. 2019, "Adversarial Examples Are Not Bugs, They Are Features", as
+sweeps: a YAML sweep file names the data, the models, the attacks and their grids; sweeper plans them as a graph of
+content-keyed steps, runs the ones its store does not hold yet (here or on a Ray cluster), and writes the report.
+
+  sweeper run search_spaces/fmnist_demo.yaml      train, synthesize and evaluate (re-running resumes)
+  sweeper report search_spaces/fmnist_demo.yaml   results.csv, report.md and figures
+
+Each command has its own help: sweeper COMMAND --help."""
+
+INTERRUPTED = "130 / 143 interrupted by Ctrl-C / SIGTERM (finished work is kept; run the same command again to resume)"
+BAD_INPUT = "2 a bad sweep file, --set or store (one line saying where)"
+NO_DATA = "3 the dataset is not found or damaged"
+
+
+def _doc(what: str, codes: list[str], example: str) -> dict:
+    """add_parser keywords for a subcommand's help: what it does, its exit codes and one example."""
+    return dict(description=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="exit codes:\n" + "".join(f"  {c}\n" for c in codes) + f"\nexample:\n  {example}")
+
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p = argparse.ArgumentParser(
-        prog="sweeper", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit codes: 0 done (every node of the plan verified in the store); 2 a bad sweep file, --set or "
+        prog="sweeper", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: sweeper plan search_spaces/toy.yaml   (print what a sweep would compute; trains nothing)\n\n"
+               "exit codes: 0 done (every node of the plan verified in the store); 2 a bad sweep file, --set or "
                "store; 3 data not found or damaged;\n4 a cluster or job problem (address, token); 5 work failed "
                "after its retries (run the same command again to resume);\n6 `sweeper dashboard`: "
                "wandb-workspaces missing or the publish failed;\n130 / 143 interrupted by Ctrl-C / "
                "SIGTERM (run the same command again to resume)")
     p.add_argument("--version", action="version", version=f"sweeper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    docs = {
+        "plan": _doc("Print the sweep's plan: every unique node (key, kind, label, inputs) with a done mark, the edges "
+                     "and the counts per kind.\nNothing is trained or written; without the data the keys are "
+                     "provisional (a warning says so).",
+                     ["0 the plan was printed", BAD_INPUT],
+                     "sweeper plan search_spaces/fmnist_demo.yaml --set 'stages.d_det.attack.eps={grid: [0.5, 1.0]}'"),
+        "run": _doc("Run the sweep: every node of the plan that the store does not hold yet, dependencies first; then "
+                    "write the report.\nRe-running the same command resumes: finished nodes and synthesis shards are "
+                    "skipped.",
+                    ["0 done: every node of the plan is verified in the store", BAD_INPUT, NO_DATA,
+                     "4 a Ray cluster problem (--address, token)",
+                     "5 work failed after its retries (run the same command again to resume)", INTERRUPTED],
+                    "sweeper run search_spaces/toy.yaml --executor local"),
+        "report": _doc("Write the sweep's results from the store: results.csv/json, report.md and figures under "
+                       "<store>/reports/<sweep>/,\nthen print report.md. Nodes not done yet are left out (a note "
+                       "says how many).",
+                       ["0 the report was written", BAD_INPUT, NO_DATA,
+                        "5 a stored result is damaged (run `sweeper run` on the same file to redo it)"],
+                       "sweeper report search_spaces/fmnist_demo.yaml | head -n 40"),
+    }
     for name, help_ in [("plan", "print the plan (nodes, edges, counts, done marks)"),
                         ("run", "run the sweep; re-running resumes"),
                         ("report", "write results tables, report.md and figures")]:
-        s = sub.add_parser(name, help=help_)
+        s = sub.add_parser(name, help=help_, **docs[name])
         s.add_argument("file", help="a sweep file, e.g. search_spaces/fmnist_demo.yaml ('-': read it from stdin)")
         s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -61,9 +103,18 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None,
                            help="W&B mode (default: WANDB_MODE, then run.wandb of the file, then offline)")
             s.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    s = sub.add_parser("validate-cluster", help="check a Ray cluster launcher file (cluster.yaml) offline")
+    s = sub.add_parser("validate-cluster", help="check a Ray cluster launcher file (cluster.yaml) offline", **_doc(
+        "Check a Ray cluster launcher file offline, before `ray up`: Ray's own schema and what sweeper needs on its "
+        "nodes\n(sweeper installed, a shared store, token auth). Prints one line per problem, then warnings.",
+        ["0 valid (warnings, if any, are printed but allowed)", "1 the file has problems (one line each) or cannot "
+         "be read"], "sweeper validate-cluster cluster.yaml"))
     s.add_argument("file", help="e.g. cluster.yaml")
-    s = sub.add_parser("submit", help="submit a sweep to a Ray cluster as a job; resubmitting resumes")
+    s = sub.add_parser("submit", help="submit a sweep to a Ray cluster as a job; resubmitting resumes", **_doc(
+        "Submit a sweep to a running Ray cluster as a job (the Jobs API); the job runs `sweeper run` on the head.\n"
+        "Prints the job id. Submitting the same sweep again resumes it: nodes already in the store are skipped.",
+        ["0 submitted (with --wait: the job succeeded)", "1 --wait and the job did not succeed (its log tail is "
+         "printed)", BAD_INPUT, "4 a cluster or job problem (address, token, a relative store)"],
+        "sweeper submit search_spaces/cifar10_table1.yaml --address http://127.0.0.1:8265 --store s3://bucket/store"))
     s.add_argument("file", help="a sweep file inside this project, e.g. search_spaces/cifar10_table1.yaml")
     s.add_argument("--address", required=True, help="the Ray dashboard, e.g. http://127.0.0.1:8265")
     s.add_argument("--store", help="artifact store URI (shared storage such as s3://bucket/store on a cluster)")
@@ -76,9 +127,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="installed (default): the job runs the sweeper installed on the nodes (cluster.yaml installs "
                         "it) and only the sweep file travels, inside the job; upload: this project folder is "
                         "uploaded as the job's working directory, so code changed here since `ray up` runs there")
-    s = sub.add_parser("data", help="datasets in the store: push once, every node loads and checks that copy")
+    s = sub.add_parser("data", help="datasets in the store: push once, every node loads and checks that copy", **_doc(
+        "Datasets in the store: `push` copies a dataset's files into it once; a sweep with data.root: store makes "
+        "every node\nload and check that copy. `list` prints the datasets a store holds.",
+        ["0 done", "2 a bad store (unreachable, not writable)", NO_DATA + " (push)"],
+        "sweeper data push fashion_mnist --store s3://bucket/store"))
     dsub = s.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("push", help="copy a dataset's files into <store>/datasets/DATASET (manifest written last)")
+    d = dsub.add_parser("push", help="copy a dataset's files into <store>/datasets/DATASET (manifest written last)",
+                        **_doc("Copy a dataset's files into <store>/datasets/DATASET, its manifest (sha256 of every "
+                               "file) written last;\nrunning it again sends only what the store lacks.",
+                               ["0 pushed", "2 a bad store (unreachable, not writable)", NO_DATA],
+                               "sweeper data push fashion_mnist --store ./store"))
     d.add_argument("dataset", choices=["fashion_mnist", "cifar10"])
     d.add_argument("--store", required=True, help="artifact store (path or URI, e.g. s3://bucket/store)")
     d.add_argument("--from", dest="src", default=None, metavar="DIR",
@@ -86,7 +145,10 @@ def _parser() -> argparse.ArgumentParser:
                         " cifar10: the folder holding cifar-10-batches-py, or that folder itself "
                         "(default ~/.cache/sweeper/data)")
     d.add_argument("--force", action="store_true", help="send every file again, even those the store has")
-    d = dsub.add_parser("list", help="print the datasets pushed into a store")
+    d = dsub.add_parser("list", help="print the datasets pushed into a store", **_doc(
+        "Print the datasets pushed into a store: files, bytes and manifest digest of each.",
+        ["0 printed (also when there are none)", "2 a bad store (unreachable, not a sweeper store)"],
+        "sweeper data list --store s3://bucket/store"))
     d.add_argument("--store", required=True, help="artifact store (path or URI)")
     s = sub.add_parser(
         "migrate-keys", help="reuse a store written before node keys hashed the data's content: copy its finished "
@@ -95,7 +157,10 @@ def _parser() -> argparse.ArgumentParser:
                     "read from). This copies every node of FILE's plan that is done under its old key to its new "
                     "key: files copied (server-side on S3), manifest written last, so an interrupted migration is "
                     "finished by running it again; running it twice copies nothing. The old entries are kept "
-                    "unless --remove-old. Needs the data (its checksum makes the new keys).")
+                    "unless --remove-old. Needs the data (its checksum makes the new keys).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes:\n  0 migrated (or nothing to copy)\n  " + BAD_INPUT + "\n  " + NO_DATA + "\n  "
+               + INTERRUPTED + "\n\nexample:\n  sweeper migrate-keys search_spaces/fmnist_demo.yaml --old-root store")
     s.add_argument("file", help="the sweep file the store's nodes were run with")
     s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -107,7 +172,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="delete each old entry once its copy is committed (only when no other sweep file in this "
                         "store still needs it)")
     s = sub.add_parser("wandb", help="copy the offline W&B runs of every node (any store) to a local folder for "
-                                     "`wandb sync`")
+                                     "`wandb sync`", **_doc(
+        "Copy the sweep's offline W&B runs out of the store (any store, S3 included) into a local folder, and "
+        "print the\n`wandb sync` command that uploads them.",
+        ["0 copied", "1 the store holds no offline W&B run of this sweep (run with --wandb offline)", BAD_INPUT,
+         NO_DATA], "sweeper wandb search_spaces/fmnist_demo.yaml --to wandb-runs/demo"))
     s.add_argument("file", help="the sweep file")
     s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -115,7 +184,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--to", default=None, metavar="DIR",
                    help="where to put them (default: wandb-runs/<sweep name>)")
     s = sub.add_parser("dashboard", help="build the sweep's W&B report and saved view as code (wandb-workspaces); "
-                                         "--json OUT writes them offline, --publish saves them to W&B")
+                                         "--json OUT writes them offline, --publish saves them to W&B", **_doc(
+        "Build the sweep's W&B report and saved view as code (wandb-workspaces), from its plan and report: "
+        "--json OUT\nwrites them offline, --publish saves them to W&B (after `sweeper wandb` and `wandb sync`).",
+        ["0 built (and written or published)", BAD_INPUT, NO_DATA,
+         "6 wandb-workspaces is missing, or the publish failed"],
+        "sweeper dashboard search_spaces/fmnist_demo.yaml --entity me --project sweeper --json dash.json"))
     s.add_argument("file", help="the sweep file")
     s.add_argument("--store", help="artifact store (path or URI); overrides run.store of the file")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -127,9 +201,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--publish", action="store_true",
                    help="save the report and the view to W&B (WANDB_API_KEY; WANDB_BASE_URL for a private server)")
     for name, help_ in [("status", "print a submitted job's status"), ("logs", "print a submitted job's logs")]:
-        s = sub.add_parser(name, help=help_)
+        s = sub.add_parser(name, help=help_, **_doc(
+            f"Print a job's {'status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)' if name == 'status' else 'log'}"
+            ", as `sweeper submit` printed its id, from the cluster's dashboard.",
+            ["0 printed", "4 the cluster cannot be reached, or no such job"],
+            f"sweeper {name} raysubmit_XXXXXXXX --address http://127.0.0.1:8265"))
         s.add_argument("job", help="the job id printed by `sweeper submit`")
         s.add_argument("--address", required=True, help="the Ray dashboard, e.g. http://127.0.0.1:8265")
+    sub.add_parser("schema", help="print the sweep file's JSON Schema (for editors)", **_doc(
+        "Print the JSON Schema of sweep files, generated from the models that validate them; editors with a YAML "
+        "language\nserver use it to complete and check sweep files (the shipped ones point at a committed copy, "
+        "search_spaces/sweep.schema.json).",
+        ["0 printed", "2 a usage error (the command takes no argument)"],
+        "sweeper schema > search_spaces/sweep.schema.json"))
     return p
 
 
@@ -204,7 +288,10 @@ def _cmd_migrate_keys(args) -> int:
     from .migrate import FILE_ROOT, migrate
 
     _, plan, store = _load(args)
-    old_root = FILE_ROOT if args.old_root is None else yaml.safe_load(args.old_root)
+    try:
+        old_root = FILE_ROOT if args.old_root is None else yaml.safe_load(args.old_root)
+    except yaml.YAMLError:
+        old_root = ...  # refused just below, in one line
     if old_root is not FILE_ROOT and old_root is not None and not isinstance(old_root, str):
         from .errors import SpecError
 
@@ -274,7 +361,12 @@ def _parse_sets(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE (got {item!r})")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"--set {key.strip()}: the value is not valid YAML ({problem}; got {value!r}); "
+                             "expected a YAML value, e.g. 0.5, [1, 2] or {grid: [0.25, 0.5]}") from None
     return out
 
 
@@ -372,6 +464,13 @@ def _cmd_dashboard(args) -> int:
     return 0
 
 
+def _cmd_schema(args) -> int:
+    from .schema_json import dumps
+
+    sys.stdout.write(dumps())
+    return 0
+
+
 def _print_written(written: dict) -> None:
     for name, path in written.items():
         print(f"wrote {path}")
@@ -387,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"plan": _cmd_plan, "run": _cmd_run, "report": _cmd_report,
                "validate-cluster": _cmd_validate_cluster, "submit": _cmd_submit, "status": _cmd_status,
                "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb, "dashboard": _cmd_dashboard,
-               "migrate-keys": _cmd_migrate_keys}[args.command]
+               "migrate-keys": _cmd_migrate_keys, "schema": _cmd_schema}[args.command]
     try:
         return handler(args)
     except SweeperError as e:  # exit codes: sweeper.errors

@@ -374,12 +374,16 @@ def check_cluster(path: str | os.PathLike) -> tuple[list[str], list[str]]:
         text = Path(path).read_text()
     except OSError as exc:
         return [f"{name}: cannot read: {exc}"], []
+    except UnicodeDecodeError as exc:  # an image, an archive, a file in another encoding
+        return [f"{name}: not a text file (got byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                f"{exc.start}); expected a YAML cluster file in UTF-8"], []
     try:
         cfg = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return [f"{name}: {where}YAML syntax error: {getattr(exc, 'problem', None) or exc}"], []
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())  # one line (a ReaderError has two)
+        return [f"{name}: {where}YAML syntax error: {problem}"], []
     if not isinstance(cfg, dict):
         return [f"{name}: expected a mapping (cluster_name, provider, available_node_types, ...)"], []
     problems = _sweeper_checks(cfg, text)

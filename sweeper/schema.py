@@ -50,18 +50,21 @@ class _Strict(BaseModel):
 
 # ---------------------------------------------------------------- sections
 class ToySpec(_Strict):
-    d: int = Field(100, ge=1)              # number of weak (non-robust) features
-    p: float = Field(0.95, gt=0.5, le=1)   # probability that the robust feature equals the label
-    n_train: int = Field(5000, ge=1)
-    n_test: int = Field(2000, ge=1)
-    seed: int = 0
+    d: int = Field(100, ge=1, description="number of weak (non-robust) features")
+    p: float = Field(0.95, gt=0.5, le=1, description="probability that the robust feature equals the label")
+    n_train: int = Field(5000, ge=1, description="training examples")
+    n_test: int = Field(2000, ge=1, description="test examples")
+    seed: int = Field(0, description="seed of the toy's data")
 
 
 class DataSpec(_Strict):
-    dataset: Literal["fashion_mnist", "cifar10", "toy"]
-    root: Optional[str] = None
-    test_size: Optional[int] = Field(None, ge=1)
-    toy: Optional[ToySpec] = None
+    dataset: Literal["fashion_mnist", "cifar10", "toy"] = Field(
+        description="the dataset: fashion_mnist, cifar10, or toy (the paper's theory model)")
+    root: Optional[str] = Field(None, description="where the dataset's files are: a folder; store: the copy that "
+                                "`sweeper data push` put into this sweep's store; null: the default places")
+    test_size: Optional[int] = Field(None, ge=1, description="evaluate on the first N of a seeded permutation of "
+                                                             "the test set (null: all)")
+    toy: Optional[ToySpec] = Field(None, description="the toy's options (only with dataset: toy)")
 
     @model_validator(mode="after")
     def _toy_only_with_toy(self):
@@ -72,17 +75,26 @@ class DataSpec(_Strict):
 
 class RunSpec(_Strict):
     """Where and how to run; never part of a node key."""
-    store: str = "./store"
-    max_concurrent_trials: int = Field(2, ge=1)
-    cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: Union[float, dict[str, float]] = 0
-    synthesis_actors: AutoOrCount = "auto"  # auto: one per GPU (or per cpus_per_trial CPUs)
-    shard_size: int = Field(500, ge=1)
-    max_failures: int = Field(2, ge=0)
-    wandb: Literal["offline", "online", "disabled"] = "offline"
-    max_grid_points: int = Field(MAX_GRID_POINTS, ge=1)  # refuse sweeps whose stages have more points in all
-    lease_ttl: float = Field(180, ge=10)  # seconds a driver's lease on a node lasts unless its heartbeat renews it
-    robust_curve: "RobustCurveSpec" = Field(default_factory=lambda: RobustCurveSpec())
+    store: str = Field("./store", description="the artifact store: a local folder or a URI (file://, "
+                                              "s3://bucket/prefix, gs://...); --store overrides it")
+    max_concurrent_trials: int = Field(2, ge=1, description="training and evaluation trials running at once")
+    cpus_per_trial: float = Field(1, gt=0, description="CPUs reserved for each trial")
+    gpus_per_trial: Union[float, dict[str, float]] = Field(
+        0, description="GPUs for each trial: a number, or arch -> GPUs with a 'default' entry, e.g. "
+                       "{default: 1, airbench: 0.5}")
+    synthesis_actors: AutoOrCount = Field("auto", description="actors synthesizing shards at once; auto: one "
+                                                              "per GPU (or per cpus_per_trial CPUs)")
+    shard_size: int = Field(500, ge=1, description="images per synthesis shard (the unit of resume)")
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial or shard before the run stops")
+    wandb: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="W&B mode: offline (runs kept in the store), online or disabled")
+    max_grid_points: int = Field(MAX_GRID_POINTS, ge=1,  # refuse sweeps whose stages have more points in all
+                                 description="refuse the file if its stages have more grid points than this, in all")
+    lease_ttl: float = Field(180, ge=10,  # seconds a driver's lease on a node lasts unless its heartbeat renews it
+                             description="seconds a driver's lease on a node lasts unless renewed (several "
+                                         "drivers sharing one store)")
+    robust_curve: "RobustCurveSpec" = Field(default_factory=lambda: RobustCurveSpec(),
+                                            description="robust accuracy measured during training (W&B curves)")
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -97,16 +109,17 @@ class RunSpec(_Strict):
 
 class TrainConfig(_Strict):
     """How ``training.train`` trains (the ``train:`` section of a train stage)."""
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5.0e-4, ge=0)
-    schedule: Literal["step", "cosine", "constant"] = "cosine"
-    step_every: int = Field(50, ge=1)      # epochs between lr drops (schedule: step)
-    gamma: float = Field(0.1, gt=0)        # lr factor per drop (schedule: step)
-    augment: bool = False              # random crop (pad 4) + horizontal flip
+    epochs: int = Field(ge=1, description="training epochs")
+    batch_size: int = Field(128, ge=1, description="images per batch")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (with momentum) or adam")
+    lr: float = Field(0.1, gt=0, description="learning rate at the start of the schedule")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, in [0, 1)")
+    weight_decay: float = Field(5.0e-4, ge=0, description="L2 weight decay")
+    schedule: Literal["step", "cosine", "constant"] = Field(
+        "cosine", description="learning-rate schedule: cosine, step (x gamma every step_every epochs) or constant")
+    step_every: int = Field(50, ge=1, description="epochs between lr drops (schedule: step)")
+    gamma: float = Field(0.1, gt=0, description="lr factor per drop (schedule: step)")
+    augment: bool = Field(False, description="random crop (pad 4) and horizontal flip")
 
 
 def parse_eps(v: Any) -> float:
@@ -156,16 +169,22 @@ class AttackConfig(_Strict):
             the last one. (Default: False)
         n_targets (int | None): APGD-T's number of target classes (None: its default). (Default: None)
     """
-    norm: Literal["l2", "linf"]
-    eps: float = Field(ge=0, le=MAX_EPS)
-    steps: int = Field(10, ge=1)
-    step_size: Optional[float] = Field(None, gt=0, le=MAX_EPS)
-    random_start: bool = False
-    restarts: int = Field(1, ge=1)
-    method: Literal["pgd", "apgd-ce", "apgd-t", "apgd-dlr", "fab", "square", "autoattack"] = "pgd"
-    loss: Literal["ce", "margin"] = "ce"
-    keep_best: bool = False
-    n_targets: Optional[int] = Field(None, ge=1)
+    norm: Literal["l2", "linf"] = Field(description="the threat model's norm: l2 or linf")
+    eps: float = Field(ge=0, le=MAX_EPS, description="the radius in [0,1] pixel units: a number or a fraction "
+                                                     "such as \"8/255\"")
+    steps: int = Field(10, ge=1, description="gradient steps (queries for method: square)")
+    step_size: Optional[float] = Field(None, gt=0, le=MAX_EPS, description="PGD's step length in pixel units; "
+                                                                          "null: 2.5 * eps / steps")
+    random_start: bool = Field(False, description="start from a random point in the ball")
+    restarts: int = Field(1, ge=1, description="independent runs, the best kept per example (PGD: more than 1 "
+                                               "needs random_start)")
+    method: Literal["pgd", "apgd-ce", "apgd-t", "apgd-dlr", "fab", "square", "autoattack"] = Field(
+        "pgd", description="pgd (sweeper's PGD) or an AutoAttack-class method from torchattacks")
+    loss: Literal["ce", "margin"] = Field("ce", description="PGD's loss: ce (cross-entropy) or margin (the CW "
+                                                          "logit margin)")
+    keep_best: bool = Field(False, description="return the best iterate instead of the last one")
+    n_targets: Optional[int] = Field(None, ge=1, description="APGD-T's number of target classes (only with "
+                                                             "method: apgd-t; null: its default)")
 
     # options added after node keys existed: left out of dumps (and so of node keys) at their defaults
     _OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("method", "loss", "keep_best", "n_targets")
@@ -215,9 +234,11 @@ class RobustCurveSpec(_Strict):
     """Robust accuracy during training, on the first ``size`` images of the sweep's test subset (0: off).
     ``attack: auto`` takes the first attack of the evaluate stage that scores the model; ``every: auto``
     gives at most 10 points per run (always including the last epoch)."""
-    size: int = Field(100, ge=0)
-    every: AutoOrCount = "auto"
-    attack: Union[Literal["auto"], AttackConfig] = "auto"
+    size: int = Field(100, ge=0, description="the first N images of the sweep's test subset (0: off)")
+    every: AutoOrCount = Field("auto", description="epochs between points; auto: at most 10 points, always the "
+                                                   "last epoch")
+    attack: Union[Literal["auto"], AttackConfig] = Field(
+        "auto", description="auto: the first attack of the evaluate stage that scores the model; or an attack")
 
 
 RunSpec.model_rebuild()
@@ -227,23 +248,29 @@ class InversionConfig(_Strict):
     """How ``synthesis.invert`` inverts a representation (the ``inversion:`` section of a synthesize stage):
     ``steps`` L2-normalised steps of ``step_size`` (pixel units), ``step_decay`` none | cosine, stopping early
     once every example's distance changed by less than ``tol`` (relative) over 10 steps (0: never)."""
-    steps: int = Field(300, ge=1)
-    step_size: float = Field(0.1, gt=0, le=MAX_EPS)
-    start: Literal["other_image", "noise"] = "other_image"
-    loss: Literal["l2", "relative"] = "l2"
-    step_decay: Literal["none", "cosine"] = "none"
-    tol: float = Field(0.0, ge=0)
+    steps: int = Field(300, ge=1, description="L2-normalised gradient steps")
+    step_size: float = Field(0.1, gt=0, le=MAX_EPS, description="step length in pixel units")
+    start: Literal["other_image", "noise"] = Field(
+        "other_image", description="the starting image: another random training image, or noise")
+    loss: Literal["l2", "relative"] = Field(
+        "l2", description="distance to the target representation: l2, or relative to the target's norm")
+    step_decay: Literal["none", "cosine"] = Field("none", description="decay of the step length: none or cosine")
+    tol: float = Field(0.0, ge=0, description="stop once every distance changed by less than this (relative) "
+                                              "over 10 steps (0: never)")
 
 
 # ---------------------------------------------------------------- stages
 class TrainStage(_Strict):
-    kind: Literal["train"]
-    arch: Arch
-    train_size: Optional[int] = Field(None, ge=1)
-    from_: Optional[str] = Field(None, alias="from")   # a synthesize stage: train on its output
-    train: TrainConfig
-    adversarial: Optional[AttackConfig] = None
-    seed: Optional[int] = None
+    kind: Literal["train"] = Field(description="train: train a model")
+    arch: Arch = Field(description="the model's architecture")
+    train_size: Optional[int] = Field(None, ge=1, description="train on the first N of a seeded permutation of "
+                                                              "the training set (null: all; not with from)")
+    from_: Optional[str] = Field(None, alias="from",   # a synthesize stage: train on its output
+                                 description="a synthesize stage: train on the set it made (null: real data)")
+    train: TrainConfig = Field(description="how to train")
+    adversarial: Optional[AttackConfig] = Field(None, description="adversarial training against this PGD attack "
+                                                                  "(null: standard training)")
+    seed: Optional[int] = Field(None, description="the stage's seed (null: the sweep's seed)")
 
     @model_validator(mode="after")
     def _size_xor_from(self):
@@ -253,14 +280,20 @@ class TrainStage(_Strict):
 
 
 class SynthesizeStage(_Strict):
-    kind: Literal["synthesize"]
-    from_: str = Field(alias="from")                  # a train stage: the source model
-    method: Literal["inversion", "relabel"]
-    size: Optional[int] = Field(None, ge=1)          # first N of the seeded permutation (null: all)
-    inversion: Optional[InversionConfig] = None
-    targets: Optional[Literal["random", "deterministic"]] = None
-    attack: Optional[AttackConfig] = None
-    seed: Optional[int] = None
+    kind: Literal["synthesize"] = Field(description="synthesize: build a training set from a model")
+    from_: str = Field(alias="from",                  # a train stage: the source model
+                       description="a train stage: its model is the source")
+    method: Literal["inversion", "relabel"] = Field(
+        description="inversion: invert the source's representation (D_R, D_NR); relabel: a targeted attack, "
+                    "labelled with its target (D_rand, D_det)")
+    size: Optional[int] = Field(None, ge=1,          # first N of the seeded permutation (null: all)
+                                description="the first N of a seeded permutation of the training set (null: all)")
+    inversion: Optional[InversionConfig] = Field(None, description="how to invert (method: inversion)")
+    targets: Optional[Literal["random", "deterministic"]] = Field(
+        None, description="the target class: random (D_rand) or deterministic, (y + 1) mod C (D_det); "
+                          "method: relabel")
+    attack: Optional[AttackConfig] = Field(None, description="the targeted attack (method: relabel)")
+    seed: Optional[int] = Field(None, description="the stage's seed (null: the sweep's seed)")
 
     @model_validator(mode="after")
     def _method_fields(self):
@@ -278,10 +311,12 @@ class SynthesizeStage(_Strict):
 
 
 class EvaluateStage(_Strict):
-    kind: Literal["evaluate"]
-    from_: Union[str, list[str]] = Field(alias="from")  # train stages
-    attacks: list[AttackConfig] = []
-    seed: Optional[int] = None
+    kind: Literal["evaluate"] = Field(description="evaluate: clean and robust test accuracy of models")
+    from_: Union[str, list[str]] = Field(alias="from",  # train stages
+                                         description="a train stage or a list of them: the models to score")
+    attacks: list[AttackConfig] = Field([], description="robust accuracy: the per-example worst case over these, "
+                                                        "per threat ball ([]: clean accuracy only)")
+    seed: Optional[int] = Field(None, description="the stage's seed (null: the sweep's seed)")
 
     @property
     def sources(self) -> list[str]:
@@ -289,9 +324,12 @@ class EvaluateStage(_Strict):
 
 
 class TransferStage(_Strict):
-    kind: Literal["transfer"]
-    from_: str = Field(alias="from")                  # a relabel synthesize stage
-    models: list[str] = Field(min_length=1)           # train stages
+    kind: Literal["transfer"] = Field(description="transfer: how a relabel set's adversarial examples read on "
+                                                  "other models")
+    from_: str = Field(alias="from",                  # a relabel synthesize stage
+                       description="a relabel synthesize stage")
+    models: list[str] = Field(min_length=1,           # train stages
+                              description="train stages: the models its examples are read on")
 
 
 Stage = Annotated[Union[TrainStage, SynthesizeStage, EvaluateStage, TransferStage], Field(discriminator="kind")]
@@ -301,12 +339,15 @@ STAGE_MODELS: dict[str, type[BaseModel]] = {"train": TrainStage, "synthesize": S
 
 class SweepFile(_Strict):
     """The top level of a sweep file as written; ``stages`` are kept raw (grids included)."""
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    description: Optional[str] = None
-    seed: int = 0
-    data: DataSpec
-    run: RunSpec = RunSpec()
-    stages: dict[str, dict[str, Any]] = Field(min_length=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="the sweep's name: letters, digits, _ and - "
+                                                               "(names its report)")
+    description: Optional[str] = Field(None, description="one line saying what the sweep is for")
+    seed: int = Field(0, description="picks the real-data subsets; the default seed of every stage")
+    data: DataSpec = Field(description="the dataset (part of every node's key)")
+    run: RunSpec = Field(RunSpec(), description="where and how to run (never part of a node's key)")
+    stages: dict[str, dict[str, Any]] = Field(
+        min_length=1, description="stage name -> stage; `from` links them into a DAG; any value inside a stage "
+                                  "may be a grid, {grid: [...]}")
 
     @field_validator("stages")
     @classmethod

@@ -337,7 +337,15 @@ def _check_graph(root: yaml.Node, loader: _Loader, source: str) -> None:
 
 
 def _yaml(text: str, source: str) -> Any:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character: a NUL or other control character fails here
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "position", None)
+        where = f"character {mark + 1}" if isinstance(mark, int) else ""
+        ch = getattr(exc, "character", None)
+        got = f"U+{ch:04X}" if isinstance(ch, int) else repr(ch)
+        raise SpecError(source, where, f"not YAML text ({getattr(exc, 'reason', None) or exc}, got character "
+                                       f"{got}); expected a YAML sweep file") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -367,13 +375,17 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
 def load_raw(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Sweep]:
     """(the parsed mapping with ``overrides`` applied, the validated sweep): for writing the overridden file.
     ``path`` "-" reads the sweep from standard input."""
-    if str(path) == "-":  # a sweep piped in (a job submitted by `sweeper submit` sends its file this way)
-        text, path = sys.stdin.read(), "<stdin>"
-    else:
-        try:
+    try:
+        if str(path) == "-":  # a sweep piped in (a job submitted by `sweeper submit` sends its file this way)
+            path = "<stdin>"
+            text = sys.stdin.read()
+        else:
             text = Path(path).read_text()
-        except OSError as exc:
-            raise SpecError(str(path), "", f"cannot read: {exc}") from None
+    except OSError as exc:
+        raise SpecError(str(path), "", f"cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:  # an image, an archive, a file in another encoding
+        raise SpecError(str(path), "", f"not a text file (got byte {exc.object[exc.start:exc.start + 1]!r} at "
+                                       f"offset {exc.start}); expected a YAML sweep file in UTF-8") from None
     raw = _yaml(text, str(path))
     if not overrides:
         return raw, validate(raw, source=str(path))
@@ -430,7 +442,7 @@ def _stage_axes_checked(name: str, stage: Any, source: str) -> tuple[dict, list[
     if not isinstance(stage, dict):
         raise SpecError(source, where, "expected a mapping with a 'kind'")
     kind = stage.get("kind")
-    if kind not in STAGE_MODELS:
+    if not isinstance(kind, str) or kind not in STAGE_MODELS:  # a grid or list here is unhashable
         raise SpecError(source, f"{where}.kind", f"expected one of {', '.join(KINDS)} (got {_show(kind)})")
     try:
         return _stage_axes(stage)
@@ -578,7 +590,11 @@ def apply_overrides(sweep_raw: dict, overrides: dict[str, Any]) -> dict:
     for path, value in overrides.items():
         if not path or any(not p for p in path.split(".")):
             raise ValueError(f"bad override path {path!r}")
-        _set_path(out, path, copy.deepcopy(value))
+        try:
+            _set_path(out, path, copy.deepcopy(value))
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:  # a list index too large or not a
+            raise ValueError(f"cannot set {path!r} ({type(exc).__name__}: {exc}); expected a dotted path of keys "
+                             "and list indices that exist in the file") from None  # number, a key under a scalar
     return out
 
 
