@@ -204,3 +204,32 @@ stages:
     train: {epochs: 6, batch_size: 128, optimizer: sgd, lr: 0.05, schedule: cosine}
   eval: {kind: evaluate, from: std, attacks: [{norm: l2, eps: 1.0, steps: 3}]}
 """
+
+
+# One tiny Tune trial (the theory toy, a linear model, one epoch): for tests of joining a cluster and of the Jobs
+# API, where the cluster path is tested, not training.
+TINY = """
+name: authcheck
+seed: 0
+data: {dataset: toy, toy: {d: 10, p: 0.95, n_train: 200, n_test: 100}}
+run: {store: STORE, cpus_per_trial: 1, max_concurrent_trials: 1}
+stages:
+  std: {kind: train, arch: linear, train: {epochs: 1, batch_size: 100, optimizer: sgd, lr: 0.1, schedule: constant}}
+"""
+
+
+def wait_dashboard(url: str, token: str, timeout: float = 60) -> None:
+    """Until the dashboard at ``url`` answers the Jobs API with the token (a just-started head needs seconds)."""
+    import time
+
+    import requests
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if requests.get(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"dashboard at {url} not ready after {timeout} s")

@@ -15,8 +15,7 @@ from sweeper.cli import main
 from sweeper.plan import build_plan
 from sweeper.spec import load
 from sweeper.store import Store
-from sweeps import SLOW, SMALL, results_of, write_sweep
-from test_cluster import _wait_dashboard
+from sweeps import SLOW, SMALL, results_of, wait_dashboard, write_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -39,7 +38,7 @@ def autoscaling(s3_server, tmp_path):
     try:
         cluster.start()
         token = open(os.environ["RAY_AUTH_TOKEN_PATH"]).read().strip()
-        _wait_dashboard(cluster.dashboard, token)
+        wait_dashboard(cluster.dashboard, token)
         watcher = Watcher(cluster.address, token)
         watcher.start()
         try:

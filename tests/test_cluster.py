@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.cli import main
-from sweeps import SMALL, RayCluster, free_port
+from sweeps import SMALL, RayCluster, free_port, wait_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = (ROOT / "cluster.yaml").read_text()
@@ -124,20 +124,6 @@ def test_yaml_error(tmp_path, capsys):
 # ---------------------------------------------------------------- a real head with the Jobs API
 
 
-def _wait_dashboard(url, token, timeout=60):
-    import requests
-
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if requests.get(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"dashboard at {url} not ready after {timeout} s")
-
-
 @pytest.mark.ray
 @pytest.mark.slow  # ~50 s; .ci/run runs the slow tests after `make test`
 def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
@@ -153,7 +139,7 @@ def test_submit_to_real_head(tmp_path, capsys, monkeypatch):
     cluster.env.pop("RAY_AUTH_TOKEN", None)
     cluster.start_head(num_cpus=2, dashboard_port=dash, cwd=ROOT)
     try:
-        _wait_dashboard(url, token_file.read_text())
+        wait_dashboard(url, token_file.read_text())
         # without the token: refused with a message that says how to fix it
         monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
         monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))

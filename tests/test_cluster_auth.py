@@ -19,7 +19,7 @@ import yaml
 
 from sweeper.cli import main
 from sweeper.rayauth import probe
-from sweeps import RayCluster, free_port
+from sweeps import TINY, RayCluster, free_port, wait_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = (ROOT / "cluster.yaml").read_text()
@@ -213,16 +213,6 @@ def test_cli_exit_code_and_one_line_per_problem(home, tmp_path):
 
 # ---------------------------------------------------------------- a real head started as cluster.yaml starts it
 
-# One tiny Tune trial (the theory toy, a linear model, one epoch): the cluster path is tested, not training.
-TINY = """
-name: authcheck
-seed: 0
-data: {dataset: toy, toy: {d: 10, p: 0.95, n_train: 200, n_test: 100}}
-run: {store: STORE, cpus_per_trial: 1, max_concurrent_trials: 1}
-stages:
-  std: {kind: train, arch: linear, train: {epochs: 1, batch_size: 100, optimizer: sgd, lr: 0.1, schedule: constant}}
-"""
-
 
 def _own_ports(line: str, swaps: dict[str, str], drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
     """cluster.yaml's `ray start` line with this test's ports: each ``--flag=value`` of ``swaps`` must be there
@@ -287,20 +277,6 @@ def _head_line(cluster: RayCluster, dashboard_port: int | None) -> str:
                            f"--temp-dir={cluster.temp_dir}", "--disable-usage-stats"))
 
 
-def _wait_dashboard(url: str, token: str, timeout: float = 60) -> None:
-    import requests
-
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if requests.get(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"dashboard at {url} not ready after {timeout} s")
-
-
 @pytest.mark.ray
 @pytest.mark.slow  # ~40 s (a head, a worker, a job); .ci/run runs the slow tests after `make test`
 def test_head_from_cluster_yaml_requires_the_token(own_cluster, tmp_path, monkeypatch, capsys):
@@ -331,7 +307,7 @@ def test_head_from_cluster_yaml_requires_the_token(own_cluster, tmp_path, monkey
     r = _run_line(cluster, worker, RAY_HEAD_IP="127.0.0.1")
     assert r.returncode == 0, r.stderr[-3000:]
     times["worker"] = time.time() - t0 - times["head"]
-    _wait_dashboard(url, token)
+    wait_dashboard(url, token)
     times["dashboard"] = time.time() - t0 - times["head"] - times["worker"]
 
     # the head requires the token: on the Jobs API (HTTP) and on the GCS (gRPC)

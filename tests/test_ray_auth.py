@@ -14,21 +14,11 @@ import time
 import pytest
 
 from sweeper.rayauth import probe
-from sweeps import RayCluster, free_port
+from sweeps import TINY, RayCluster, free_port
 
 pytestmark = pytest.mark.ray
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-# One tiny Tune trial (the theory toy, a linear model, one epoch): joining is what is tested, not training.
-TINY = """
-name: authcheck
-seed: 0
-data: {dataset: toy, toy: {d: 10, p: 0.95, n_train: 200, n_test: 100}}
-run: {store: STORE, cpus_per_trial: 1, max_concurrent_trials: 1}
-stages:
-  std: {kind: train, arch: linear, train: {epochs: 1, batch_size: 100, optimizer: sgd, lr: 0.1, schedule: constant}}
-"""
 
 
 @pytest.fixture(scope="module")
