@@ -122,11 +122,14 @@ class Plan:
             return None
         if "data" not in node.inputs:
             return "D_adv" if node.spec.adversarial else "D"
-        synth = self.nodes[node.inputs["data"]].spec
-        if synth.method == "relabel":
-            return "D_det" if synth.targets == "deterministic" else "D_rand"
-        source = self.nodes[self.nodes[node.inputs["data"]].inputs["source"]]
-        return "D_R" if source.spec.adversarial else "D_NR"
+        return self.set_kind(self.nodes[node.inputs["data"]])
+
+    def set_kind(self, synth: Node) -> str:
+        """What the synthesized set ``synth`` is: D_det / D_rand (relabelled), D_R / D_NR (inverted from an
+        adversarially / a standardly trained source)."""
+        if synth.spec.method == "relabel":
+            return "D_det" if synth.spec.targets == "deterministic" else "D_rand"
+        return "D_R" if self.nodes[synth.inputs["source"]].spec.adversarial else "D_NR"
 
     def describe(self, node: Node) -> dict:
         """A node's readable settings, for Tune's trial config and W&B: label, kind, stage, train_set and arch

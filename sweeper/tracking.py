@@ -123,19 +123,11 @@ def node_config(plan, node) -> dict:
     return cfg
 
 
-def set_kind(plan, synth) -> str:
-    """What a model trained on the synthesized set ``synth`` is trained on: D_det / D_rand (relabelled), D_R /
-    D_NR (inverted from an adversarially / a standardly trained source)."""
-    if synth.spec.method == "relabel":
-        return "D_det" if synth.spec.targets == "deterministic" else "D_rand"
-    return "D_R" if plan.nodes[synth.inputs["source"]].spec.adversarial else "D_NR"
-
-
 def _synthesis_settings(plan, synth) -> dict:
     """The settings behind a synthesized set, under results.csv's names (``synth_*``, ``source_arch``)."""
     p = synth.spec
     attack = getattr(p, "attack", None) if p.method == "relabel" else None
-    return {"set_kind": set_kind(plan, synth), "source_arch": plan.nodes[synth.inputs["source"]].spec.arch,
+    return {"set_kind": plan.set_kind(synth), "source_arch": plan.nodes[synth.inputs["source"]].spec.arch,
             "synth_method": p.method, "synth_norm": attack.norm if attack else "l2",
             "synth_eps": attack.eps if attack else None,
             "synth_steps": attack.steps if attack else p.inversion.steps, "synth_size": p.size}

@@ -12,6 +12,11 @@ def _have_fmnist():
     return Path(data.FASHION_MNIST_SYSTEM_DIR, "train-images-idx3-ubyte.gz").is_file()
 
 
+FMNIST = Path(data.FASHION_MNIST_SYSTEM_DIR)
+# for the tests of other files that read the real Fashion-MNIST
+need_fmnist = pytest.mark.skipif(not _have_fmnist(), reason="apt-get install dataset-fashion-mnist")
+
+
 @pytest.mark.skipif(not _have_fmnist(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_loads():
     tr = data.load("fashion_mnist", "train")

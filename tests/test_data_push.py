@@ -12,11 +12,8 @@ from sweeper.plan import build_plan
 from sweeper.schema import DataSpec
 from sweeper.spec import loads
 from sweeper.store import Store
-from test_data import _write_cifar
+from test_data import FMNIST, _write_cifar, need_fmnist
 
-FMNIST = Path(data.FASHION_MNIST_SYSTEM_DIR)
-need_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(),
-                                 reason="apt-get install dataset-fashion-mnist")
 
 SWEEP = """
 name: pushed
