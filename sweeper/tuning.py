@@ -199,18 +199,38 @@ class NodeSearcher(Searcher):
 
 class _TrialFailureLines(logging.Filter):
     """Tune logs each failed trial attempt with Ray's whole remote traceback; the driver prints one line instead
-    (the traceback stays in the trial's ``error.txt`` under ``<store>/tune``)."""
+    (the traceback stays in the trial's ``error.txt`` under ``<store>/tune``). Likewise a failed upload of Tune's
+    experiment state: Tune's background sync can race its own save (it lists the driver's staging folder while
+    the searcher state is written there under a temporary name and renamed, then fails on the vanished name; seen
+    on Ctrl-C). Tune uploads the state again at its next save, and sweeper resumes from its store, never from
+    that state, so it is a one-line warning, not a traceback."""
+
+    LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state")
 
     def __init__(self, log):
         super().__init__()
         self.log = log
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Trial task failed") and record.exc_info:
-            self.log(f"  sweeper: warning: {record.getMessage()}: {_root(record.exc_info[1])} (Tune retries it "
+        msg = record.getMessage()
+        if msg.startswith("Trial task failed") and record.exc_info:
+            self.log(f"  sweeper: warning: {msg}: {_root(record.exc_info[1])} (Tune retries it "
                      "up to run.max_failures times)")
             return False
+        if msg.startswith("Saving experiment state to storage") and record.exc_info:
+            self.log(f"  sweeper: warning: Tune could not upload its experiment state: {_root(record.exc_info[1])} "
+                     "(it uploads it again at its next save; sweeper resumes from the store, not from that state)")
+            return False
         return True
+
+    def __enter__(self):
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
 
 
 class TuneEngine:
@@ -259,14 +279,9 @@ class TuneEngine:
         self.bursts += 1
         with self.store._io("write Tune's experiment state under", self.store.fs_path("tune"), write=True):
             tuner = self._tuner(searcher)
-        quiet_failures = _TrialFailureLines(self.log)
-        controller_log = logging.getLogger("ray.tune.execution.tune_controller")
-        controller_log.addFilter(quiet_failures)
-        try:
-            with self.store._io("write Tune's experiment state under", self.store.fs_path("tune"), write=True):
-                results = tuner.fit()
-        finally:
-            controller_log.removeFilter(quiet_failures)
+        with _TrialFailureLines(self.log), \
+                self.store._io("write Tune's experiment state under", self.store.fs_path("tune"), write=True):
+            results = tuner.fit()
         return self._collect(results)
 
     def _tuner(self, searcher):

@@ -236,3 +236,30 @@ def test_a_searcher_held_back_for_synthesis_stops_suggesting_so_tune_frees_its_c
     searcher.on_trial_complete("t1" if first["key"] == _by("std").key else "t2", {"done": 1})
     sched.hold_tune_for(sched.height[_by("d_det").key])  # d_det's shards wait for an actor; eval(std) is held
     assert searcher.suggest("t3") is Searcher.FINISHED
+
+
+def test_tunes_failed_state_upload_is_one_warning_line_not_a_traceback(capsys):
+    """Tune's background upload of its experiment state can race its own save (seen on Ctrl-C): the error it
+    logs with a traceback reaches the user as one warning line naming the cause; other records pass."""
+    import logging
+
+    from sweeper.tuning import _TrialFailureLines
+
+    lines: list[str] = []
+    logger = logging.getLogger("ray.tune.execution.experiment_state")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    try:
+        with _TrialFailureLines(lines.append):
+            try:
+                raise FileNotFoundError("[Errno 2] Failed to open local file '.tmp-searcher-state.pkl'")
+            except FileNotFoundError:
+                logger.error("Saving experiment state to storage at '/s/tune' failed with exception: ", exc_info=True)
+            logger.warning("Saving the experiment state took ~31.00 seconds")  # not an error: passes through
+        logger.error("Saving experiment state to storage at '/s/tune' failed", exc_info=(
+            FileNotFoundError, FileNotFoundError("after the run"), None))  # outside a run: Tune's own output
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert len(lines) == 1 and "could not upload its experiment state: FileNotFoundError" in lines[0], lines
+    assert "took ~31.00 seconds" in err and err.count("Traceback") == 0 and "after the run" in err
