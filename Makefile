@@ -14,7 +14,7 @@ export WANDB_SILENT=true
 setup: $(STAMP)
 
 # torch/torchvision resolve to the wheels on local disk (see pyproject ranges); torchattacks (the AutoAttack-class
-# evaluation methods, sweeper/aa.py, and a test reference) pins an old `requests`, so it goes in without its dependencies.
+# evaluation methods, sweeper/science/aa.py, and a test reference) pins an old `requests`, so it goes in without its dependencies.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -124,8 +124,8 @@ stages:
 
 
 def _counts(text: str) -> dict[str, int]:
-    from sweeper.plan import build_plan
-    from sweeper.spec import loads
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import loads
 
     plan = build_plan(loads(text, source="<generated>"))
     return {"nodes": len(plan.nodes), **plan.counts()}
@@ -151,8 +151,8 @@ def _write(text: str, folder: str) -> Path:
 
 def time_planning(n: int, repeat: int = 1) -> tuple[float, int]:
     """(best seconds of ``build_plan(load(path))`` over ``repeat`` runs, node count) for a sweep of ~n nodes."""
-    from sweeper.plan import build_plan
-    from sweeper.spec import load
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load
 
     with tempfile.TemporaryDirectory() as d:
         path = _write(generate_sweep_text(n, os.path.join(d, "store")), d)
@@ -167,10 +167,10 @@ def time_planning(n: int, repeat: int = 1) -> tuple[float, int]:
 
 # ------------------------------------------------------------------------------------------ a fake store
 def _fake_artifact(plan, node, rng: random.Random, prov: dict):
-    """(meta, tensors) as ``sweeper.kinds`` writes them for ``node`` (random numbers, fewer synthesized images)."""
+    """(meta, tensors) as ``sweeper.run.kinds`` writes them for ``node`` (random numbers, fewer synthesized images)."""
     import torch
 
-    from sweeper.evaluation import worst_by_ball
+    from sweeper.science.evaluation import worst_by_ball
 
     spec = node.spec
     meta = {"kind": node.kind, "key": node.key, "label": node.label}
@@ -236,7 +236,7 @@ def _fake_artifact(plan, node, rng: random.Random, prov: dict):
 
 def write_fake_store(plan, store_path: str, seed: int = 0, progress: bool = False) -> int:
     """Every node of ``plan`` saved through ``Store.save`` into ``store_path``; returns how many were written."""
-    from sweeper.store import Store, provenance
+    from sweeper.store.store import Store, provenance
 
     store = Store(store_path)
     store.claim()
@@ -266,8 +266,8 @@ def run_report(path: str | Path, store: str) -> tuple[float, str]:
 
 def build_report_store(n_eval_rows: int, folder: str, progress: bool = False) -> tuple[Path, str, dict]:
     """(sweep file, store path, plan counts) of a finished fake sweep with ~``n_eval_rows`` evaluate nodes."""
-    from sweeper.plan import build_plan
-    from sweeper.spec import load
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load
 
     store = os.path.join(folder, "store")
     path = _write(_sweep_text(_fit(n_eval_rows, "evaluate", store), store), folder)

@@ -1,7 +1,7 @@
 """Where a Tune trial's fixed cost goes: sweeper's per-trial path, step by step, in one process (no Ray).
 
 For each node of a plan of N tiny nodes (N/2 one-epoch trainings and one evaluate node per trained model) this
-runs exactly what ``sweeper.tuning._trial`` does (the same calls in the same order, ``tune.report`` replaced by
+runs exactly what ``sweeper.run.tuning._trial`` does (the same calls in the same order, ``tune.report`` replaced by
 a no-op), plus what the driver does per trial (``tuning.Progress.on_trial_result`` per report and
 ``on_trial_complete``), timing every step and counting the store's filesystem calls (``Store.requests``); before
 that, the same nodes' kind functions in a plain loop (``kinds.run_train`` / ``kinds.run_evaluate`` on a fresh
@@ -50,10 +50,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import torch  # noqa: E402
 
-from sweeper import checkpoints, data_store, kinds, store as store_mod, tracking  # noqa: E402
-from sweeper.plan import build_plan  # noqa: E402
-from sweeper.spec import loads  # noqa: E402
-from sweeper.store import Store  # noqa: E402
+from sweeper.store import checkpoints, store as store_mod
+
+from sweeper.science import data_store
+
+from sweeper.run import kinds
+
+from sweeper import tracking  # noqa: E402
+from sweeper.sweep.plan import build_plan  # noqa: E402
+from sweeper.sweep.spec import loads  # noqa: E402
+from sweeper.store.store import Store  # noqa: E402
 
 SWEEPS = {
     "toy": ("data: {dataset: toy, toy: {d: 10, p: 0.95, n_train: 200, n_test: 100}}", "linear",
@@ -139,7 +145,7 @@ def driver_progress(plan, nodes, root):
     """The driver's Tune callback (``tuning.Progress``), or, should its signature have changed, a stand-in that
     does what it did per trial: a result is counted; a finished trial's node is read back from the store."""
     try:
-        from sweeper.tuning import Progress
+        from sweeper.run.tuning import Progress
 
         return Progress(plan, nodes, Store(root), lambda line: None, quiet=True)
     except Exception as e:  # noqa: BLE001
@@ -275,7 +281,7 @@ def first_trials(dataset: str, mode: str) -> None:
     from sweeper import tuning  # noqa: F401
     tune_import = time.perf_counter() - t
     print(f"fresh actor, wandb {mode}: import torch + sweeper {1000 * imports:.0f} ms, import ray.tune + "
-          f"sweeper.tuning {1000 * tune_import:.0f} ms")
+          f"sweeper.run.tuning {1000 * tune_import:.0f} ms")
     tm = Timers()
     instrument(tm)
     global PLAN_BLOB

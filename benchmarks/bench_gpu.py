@@ -1,7 +1,7 @@
 """GPU throughput of sweeper's own training, PGD and inversion on CIFAR-shaped inputs, and the single-GPU
 wall time they imply for the paper-scale CIFAR-10 sweeps (search_spaces/cifar10_table1.yaml, cifar10_figure2.yaml).
 
-Inputs are random pixels (throughput does not depend on them); ResNet-18 and ResNet-50 as in `sweeper.models`,
+Inputs are random pixels (throughput does not depend on them); ResNet-18 and ResNet-50 as in `sweeper.science.models`,
 batch 128 with the Trainer's bf16 autocast and augmentation; adversarial training with 7-step L2 PGD (the
 paper's robust source); targeted L2 PGD as in relabelling and representation inversion, both fp32, on batches
 of 1,024 images, 50 steps each after a warm-up call. The projection multiplies these rates by the sweeps'
@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from _results import RESULTS, record  # noqa: E402
 from sweeper import models  # noqa: E402
-from sweeper.attacks import pgd  # noqa: E402
-from sweeper.data import CIFAR_MEAN, CIFAR_STD  # noqa: E402
-from sweeper.schema import AttackConfig, InversionConfig, TrainConfig  # noqa: E402
-from sweeper.synthesis import invert  # noqa: E402
-from sweeper.training import Trainer  # noqa: E402
+from sweeper.science.attacks import pgd  # noqa: E402
+from sweeper.science.data import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from sweeper.sweep.schema import AttackConfig, InversionConfig, TrainConfig  # noqa: E402
+from sweeper.science.synthesis import invert  # noqa: E402
+from sweeper.science.training import Trainer  # noqa: E402
 
 TRAIN_N, EPOCHS, RELABEL_STEPS, INVERT_STEPS = 50_000, 150, 100, 1000  # the CIFAR-10 sweep files' budgets
 

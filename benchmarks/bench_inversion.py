@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from sweeper import data, models
-from sweeper.synthesis import invert
-from sweeper.schema import TrainConfig
-from sweeper.training import train
+from sweeper.science import data, models
+from sweeper.science.synthesis import invert
+from sweeper.sweep.schema import TrainConfig
+from sweeper.science.training import train
 
 from _results import record
 
@@ -42,7 +42,7 @@ def main() -> None:
         train(m, x[:n], y[:n], TrainConfig(epochs=epochs, batch_size=128, lr=0.05), adversarial=adversarial)
         return m.eval()
 
-    from sweeper.schema import AttackConfig
+    from sweeper.sweep.schema import AttackConfig
 
     t0 = time.time()
     sources = {"standard": fit(10000, 3),

@@ -1,4 +1,4 @@
-"""Time sweeper.attacks.pgd against torchattacks PGD (Linf) and PGDL2 on the same model, batch and steps.
+"""Time sweeper.science.attacks.pgd against torchattacks PGD (Linf) and PGDL2 on the same model, batch and steps.
 
 Usage: .venv/bin/python benchmarks/bench_pgd.py [--device cpu|cuda] [--batch 256] [--steps 20] [--repeats 5]
 Prints median wall times and the ratio torchattacks_time / sweeper_time (>= 1.0: sweeper is not slower).
@@ -19,7 +19,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from _results import record  # noqa: E402
-from sweeper.attacks import AttackConfig, pgd  # noqa: E402
+from sweeper.science.attacks import AttackConfig, pgd  # noqa: E402
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:

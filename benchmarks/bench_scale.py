@@ -72,8 +72,8 @@ stages:
 
 
 def _plan(text: str, root: str):
-    from sweeper.plan import build_plan
-    from sweeper.spec import loads
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import loads
 
     return build_plan(loads(text.replace("STORE", root)))
 
@@ -92,8 +92,8 @@ def busy_seconds(nodes: dict, store) -> float:
 
 
 def utilisation_run(barrier: bool, source_store: str) -> dict:
-    from sweeper.engines import run_plan_ray
-    from sweeper.store import Store
+    from sweeper.run.engines import run_plan_ray
+    from sweeper.store.store import Store
 
     root = tempfile.mkdtemp(prefix="sweeper-bench-wide-")
     plan, store = _plan(WIDE, root), Store(root)
@@ -111,8 +111,8 @@ def utilisation_run(barrier: bool, source_store: str) -> dict:
 def bench_utilisation() -> dict:
     import ray
 
-    from sweeper import kinds
-    from sweeper.store import Store
+    from sweeper.run import kinds
+    from sweeper.store.store import Store
 
     src = tempfile.mkdtemp(prefix="sweeper-bench-wide-src-")
     plan, store = _plan(WIDE, src), Store(src)
@@ -140,8 +140,8 @@ def bench_utilisation() -> dict:
 def tiny_loop(n: int) -> float:
     import torch
 
-    from sweeper import kinds
-    from sweeper.store import Store
+    from sweeper.run import kinds
+    from sweeper.store.store import Store
 
     root = tempfile.mkdtemp(prefix="sweeper-bench-tiny-loop-")
     plan = _plan(TINY.replace("SEEDS", str(list(range(n)))), root)

@@ -28,10 +28,10 @@ import torch  # noqa: E402
 
 from _results import record  # noqa: E402
 from sweeper import kinds  # noqa: E402
-from sweeper.plan import build_plan  # noqa: E402
-from sweeper.shards import ShardPool, synthesize_on_pool  # noqa: E402
-from sweeper.spec import loads  # noqa: E402
-from sweeper.store import Store  # noqa: E402
+from sweeper.sweep.plan import build_plan  # noqa: E402
+from sweeper.run.shards import ShardPool, synthesize_on_pool  # noqa: E402
+from sweeper.sweep.spec import loads  # noqa: E402
+from sweeper.store.store import Store  # noqa: E402
 
 SWEEP = """
 name: bench_shards

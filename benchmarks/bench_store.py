@@ -27,7 +27,7 @@ from _results import record  # noqa: E402
 def per_call(server) -> list[tuple[str, dict]]:
     import torch
 
-    from sweeper.store import Store
+    from sweeper.store.store import Store
 
     s = Store(server.uri())
     s.claim()
@@ -61,8 +61,8 @@ def run_toy(store: str) -> float:
 def main() -> None:
     from s3server import S3Server
 
-    from sweeper.plan import build_plan
-    from sweeper.spec import load
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load
 
     server = S3Server()
     try:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from _results import record
-from sweeper import data, models
-from sweeper.training import TrainConfig, Trainer
+from sweeper.science import data, models
+from sweeper.science.training import TrainConfig, Trainer
 
 
 def make_model(ds):

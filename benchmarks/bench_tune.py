@@ -28,12 +28,13 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from _results import record  # noqa: E402
-from sweeper import data_store, kinds  # noqa: E402
-from sweeper.plan import build_plan  # noqa: E402
-from sweeper.schema import DataSpec  # noqa: E402
-from sweeper.spec import loads  # noqa: E402
-from sweeper.store import Store  # noqa: E402
-from sweeper.tuning import run_trials  # noqa: E402
+from sweeper.science import data_store
+from sweeper import kinds  # noqa: E402
+from sweeper.sweep.plan import build_plan  # noqa: E402
+from sweeper.sweep.schema import DataSpec  # noqa: E402
+from sweeper.sweep.spec import loads  # noqa: E402
+from sweeper.store.store import Store  # noqa: E402
+from sweeper.run.tuning import run_trials  # noqa: E402
 
 
 def plan_for(root: str, trials: int, images: int, epochs: int, concurrent: int):

@@ -13,8 +13,8 @@ import sys
 
 import yaml
 
-from sweeper import cluster
-from sweeper.spec import load
+from sweeper.cluster import cluster
+from sweeper.sweep.spec import load
 
 
 def main() -> int:

@@ -1,11 +1,13 @@
 """sweeper: the experiments of Ilyas et al. 2019, "Adversarial Examples Are Not Bugs, They Are Features",
 as distributed sweeps on Ray, Ray Tune and W&B.
 
-The flow: ``spec`` reads a sweep file into typed ``schema`` models -> ``plan`` builds the DAG of content-keyed
-nodes -> ``store`` holds every node's artifact -> the ``engines`` (local, or Ray with ``shards`` and ``tuning``)
-run each node through the kind table of ``kinds`` -> ``report`` writes the results; ``tracking`` sends curves
-to W&B on the side. Importing sweeper starts nothing and touches no GPU: Ray and W&B are imported only by the
-edge modules (``shards``, ``tuning``, ``tracking``, ``cluster``, ``rayauth``, ``engines``, ``cli``).
+The package's folders follow the data's way, each importing only the ones before it: ``sweep`` (the sweep
+file, its schema and the plan of content-keyed nodes) -> ``science`` (attacks, synthesis, training, evaluation;
+torch only) -> ``store`` (every node's artifact, leases, checkpoints) -> ``report`` (the markdown report, figures,
+W&B runs and dashboards) -> ``run`` (node kinds, scheduling, the local and Ray engines: actors for synthesis, Tune
+for training) -> ``cluster`` (cluster.yaml, submitted jobs); ``api``, ``cli`` and ``errors`` sit on top.
+Importing sweeper starts nothing and touches no GPU: Ray and W&B are imported only at the edges (``run``,
+``report.tracking``, ``cluster``, ``cli``).
 
 For notebooks: ``sweeper.load(FILE, overrides=...)`` returns a sweep with its plan, ``run()``, ``results()``
 (a DataFrame) and ``curves(label)`` (``sweeper.api``; imported on first use, so ``import sweeper`` stays light).
@@ -17,7 +19,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # sweeper.load / sweeper.LoadedSweep: import sweeper.api (pydantic, pyarrow) only when first used
     if name in ("load", "LoadedSweep"):
-        from . import api
+        from sweeper import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'sweeper' has no attribute {name!r}")

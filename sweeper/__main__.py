@@ -1,6 +1,6 @@
 """`python -m sweeper ...` is the `sweeper` command."""
 import sys
 
-from .cli import main
+from sweeper.cli import main
 
 sys.exit(main())

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
-from .errors import Incomplete, SpecError, SweeperError
+from sweeper.errors import Incomplete, SpecError, SweeperError
 
 Overrides = Union[Mapping[str, Any], Iterable[str], str, None]
 EXECUTORS = ("ray", "local")
@@ -49,9 +49,9 @@ def load(path: Union[str, Path], overrides: Overrides = None, *, store: Optional
     still loaded, with a warning and provisional keys, and ``run``/``report`` raise
     :class:`~sweeper.errors.DataNotFoundError`.
     """
-    from .plan import build_plan
-    from .spec import load as load_spec
-    from .store import Store
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load as load_spec
+    from sweeper.store.store import Store
 
     sets = _overrides(path, overrides)
     sweep = load_spec(path, sets or None)
@@ -69,7 +69,7 @@ def _overrides(path, overrides: Overrides) -> dict:
         return {}
     if isinstance(overrides, Mapping):
         return dict(overrides)
-    from .cli import _parse_sets  # the one parser of `--set KEY=VALUE`
+    from sweeper.cli import _parse_sets  # the one parser of `--set KEY=VALUE`
 
     items = [overrides] if isinstance(overrides, str) else list(overrides)
     if not all(isinstance(i, str) for i in items):
@@ -85,8 +85,8 @@ class LoadedSweep:
     """A validated sweep, its plan and its store. Made by :func:`load`.
 
     Attributes: ``path`` (the sweep file), ``overrides`` ({dotted key: value} applied), ``sweep`` (the
-    validated :class:`sweeper.schema.Sweep`), ``plan`` (the :class:`sweeper.plan.Plan`), ``store`` (the
-    :class:`sweeper.store.Store`).
+    validated :class:`sweeper.sweep.schema.Sweep`), ``plan`` (the :class:`sweeper.sweep.plan.Plan`), ``store`` (the
+    :class:`sweeper.store.store.Store`).
     """
 
     def __init__(self, path: Path, overrides: dict, plan, store):
@@ -123,7 +123,7 @@ class LoadedSweep:
     def render(self, show_all: bool = False) -> str:
         """The text ``sweeper plan`` prints: one line per node, or past ``cli.PLAN_TABLE_MAX`` nodes a summary
         (``show_all``: every node anyway)."""
-        from .cli import PLAN_TABLE_MAX
+        from sweeper.cli import PLAN_TABLE_MAX
 
         done = self.done()
         if show_all or len(self.plan.nodes) <= PLAN_TABLE_MAX:
@@ -150,7 +150,7 @@ class LoadedSweep:
             raise ValueError(f"wandb: expected one of {', '.join(WANDB_MODES)}, got {wandb!r}")
         if executor == "local" and address:
             raise ValueError("executor='local' runs everything in this process; it cannot take an address")
-        from .engines import run_plan, run_plan_ray
+        from sweeper.run.engines import run_plan, run_plan_ray
 
         t0 = time.time()
         mode = wandb or os.environ.get("WANDB_MODE") or self.sweep.run.wandb  # as `sweeper run --wandb`
@@ -160,7 +160,7 @@ class LoadedSweep:
             counts = run_plan(self.plan, self.store, threads=threads, wandb_mode=mode, log=log)
         written = None
         if report:
-            from .tracking import log_report
+            from sweeper.report.tracking import log_report
 
             written = self.report()
             log_report(self.plan, self.store, mode)
@@ -173,7 +173,7 @@ class LoadedSweep:
         instead of empty strings). With no finished evaluation: no rows, the base columns."""
         import pandas as pd
 
-        from .report import BASE_COLUMNS, build_rows, to_csv
+        from sweeper.report.report import BASE_COLUMNS, build_rows, to_csv
 
         rows = build_rows(self.plan, self.store)
         header = to_csv(rows).splitlines()[0] if rows else ""
@@ -210,6 +210,6 @@ class LoadedSweep:
     def report(self) -> dict:
         """Write the report as ``sweeper report`` does (results.csv/json, transfer.csv, report.md, figures under
         ``<store>/reports/<sweep>/``); returns {file name: path}. Covers the finished evaluations."""
-        from .report import write_report
+        from sweeper.report.report import write_report
 
         return write_report(self.plan, self.store)

@@ -47,7 +47,7 @@ def _doc(what: str, codes: list[str], example: str) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from sweeper import __version__
 
     p = argparse.ArgumentParser(
         prog="sweeper", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -221,10 +221,10 @@ def _load(args, provisional: bool = False):
     """(sweep, plan, store) of a command's file, --set and --store. Without the data (its checksum is part of
     every key) the plan's keys are provisional: ``provisional`` (``plan``) takes it with a warning line, every
     other command stops with the reason (exit 3)."""
-    from .errors import SpecError
-    from .plan import build_plan
-    from .spec import load
-    from .store import Store
+    from sweeper.errors import SpecError
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load
+    from sweeper.store.store import Store
 
     try:
         overrides = _parse_sets(getattr(args, "overrides", None) or [])
@@ -237,7 +237,7 @@ def _load(args, provisional: bool = False):
     if plan.data_error and not provisional and _downloadable(sweep.data):
         # not on this machine: torchvision's download (into data.root or ~/.cache/sweeper/data), then the keys
         # hash the downloaded files; a failed download raises DataNotFoundError saying where it looked and why
-        from .data import load as load_data
+        from sweeper.science.data import load as load_data
 
         print(f"sweeper: {plan.data_error}; trying torchvision's download", file=sys.stderr)
         for split in ("train", "test"):
@@ -254,7 +254,7 @@ def _load(args, provisional: bool = False):
 def _downloadable(data) -> bool:
     """Fashion-MNIST read from a local folder (or the default places): torchvision can download it there. Not a
     store copy (`store`, a URI or a folder holding a pushed manifest): that is pushed, never downloaded."""
-    from .data_id import STORE_ROOT, is_pushed
+    from sweeper.sweep.data_id import STORE_ROOT, is_pushed
 
     root = data.root
     return data.dataset == "fashion_mnist" and (root is None or (root != STORE_ROOT and "://" not in root
@@ -262,7 +262,7 @@ def _downloadable(data) -> bool:
 
 
 def _legacy_note(plan, store) -> None:
-    from .migrate import legacy_hint
+    from sweeper.sweep.migrate import legacy_hint
 
     hint = legacy_hint(plan, store)
     if hint:
@@ -270,7 +270,7 @@ def _legacy_note(plan, store) -> None:
 
 
 def _cmd_plan(args) -> int:
-    from .report import done_keys
+    from sweeper.report.report import done_keys
 
     _, plan, store = _load(args, provisional=True)
     done = set() if plan.data_error else done_keys(store, plan.nodes)
@@ -285,7 +285,7 @@ def _cmd_plan(args) -> int:
 def _cmd_migrate_keys(args) -> int:
     import yaml
 
-    from .migrate import FILE_ROOT, migrate
+    from sweeper.sweep.migrate import FILE_ROOT, migrate
 
     _, plan, store = _load(args)
     try:
@@ -293,7 +293,7 @@ def _cmd_migrate_keys(args) -> int:
     except yaml.YAMLError:
         old_root = ...  # refused just below, in one line
     if old_root is not FILE_ROOT and old_root is not None and not isinstance(old_root, str):
-        from .errors import SpecError
+        from sweeper.errors import SpecError
 
         raise SpecError(args.file, "", f"--old-root: expected a path, URI, `store` or null, got {args.old_root!r}")
     migrate(plan, store, old_root=old_root, remove_old=args.remove_old)
@@ -301,8 +301,8 @@ def _cmd_migrate_keys(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .engines import run_plan, run_plan_ray
-    from .report import write_report
+    from sweeper.run.engines import run_plan, run_plan_ray
+    from sweeper.report.report import write_report
 
     _, plan, store = _load(args)
     _legacy_note(plan, store)
@@ -315,7 +315,7 @@ def _cmd_run(args) -> int:
     print(f"sweep {plan.sweep.name}: ran {counts['ran']} nodes, skipped {counts['skipped']} already done "
           f"({counts['total']} in the plan) in {time.time() - t0:.0f} s; store: {store.path()}")
     if not args.no_report:
-        from .tracking import log_report
+        from sweeper.report.tracking import log_report
 
         _print_written(write_report(plan, store))
         log_report(plan, store, mode)
@@ -323,7 +323,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import done_metas, write_report
+    from sweeper.report.report import done_metas, write_report
 
     _, plan, store = _load(args)
     metas = done_metas(store, plan.nodes)  # each node's manifest read once; the report takes them over
@@ -340,7 +340,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_validate_cluster(args) -> int:
-    from .clusterfile import check_cluster
+    from sweeper.cluster.clusterfile import check_cluster
 
     problems, warnings = check_cluster(args.file)
     for p in problems:
@@ -371,8 +371,8 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _cmd_submit(args) -> int:
-    from . import cluster
-    from .errors import SpecError
+    from sweeper.cluster import cluster
+    from sweeper.errors import SpecError
 
     try:
         overrides = _parse_sets(args.overrides)
@@ -394,22 +394,22 @@ def _cmd_submit(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .cluster import status
+    from sweeper.cluster.cluster import status
 
     print(status(args.address, args.job))
     return 0
 
 
 def _cmd_logs(args) -> int:
-    from .cluster import logs
+    from sweeper.cluster.cluster import logs
 
     print(logs(args.address, args.job), end="")
     return 0
 
 
 def _cmd_data(args) -> int:
-    from .data_store import list_pushed, push
-    from .store import Store
+    from sweeper.science.data_store import list_pushed, push
+    from sweeper.store.store import Store
 
     store = Store(args.store)
     if args.data_command == "push":
@@ -424,7 +424,7 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_wandb(args) -> int:
-    from .tracking import download_runs, run_ids
+    from sweeper.report.tracking import download_runs, run_ids
 
     sweep, plan, store = _load(args)
     # this sweep's runs only (a store may hold several sweeps), copied to one folder of their own
@@ -441,7 +441,7 @@ def _cmd_wandb(args) -> int:
 def _cmd_dashboard(args) -> int:
     import json
 
-    from .dashboard import build, panels, publish, report_body, view_body
+    from sweeper.report.dashboard import build, panels, publish, report_body, view_body
 
     _, plan, store = _load(args)
     report, view = build(plan, store, args.entity, args.project)  # wandb-workspaces missing: one line, exit 6
@@ -465,7 +465,7 @@ def _cmd_dashboard(args) -> int:
 
 
 def _cmd_schema(args) -> int:
-    from .schema_json import dumps
+    from sweeper.sweep.schema_json import dumps
 
     sys.stdout.write(dumps())
     return 0
@@ -477,7 +477,7 @@ def _print_written(written: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import SweeperError, interrupt_code
+    from sweeper.errors import SweeperError, interrupt_code
 
     parser = _parser()
     args = parser.parse_args(argv)

@@ -46,9 +46,9 @@ def write_sweep(tmp_path, name: str, text: str = SMALL):
 def results_of(path, store: str | None = None) -> dict:
     """Every node done (checksums verified); the numbers a report is made of, by node label. ``store``
     overrides the file's run.store (as --store does)."""
-    from sweeper.plan import build_plan
-    from sweeper.spec import load
-    from sweeper.store import Store
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load
+    from sweeper.store.store import Store
 
     plan = build_plan(load(path))
     store = Store(store or load(path).run.store)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper.attacks import AttackConfig, pgd
+from sweeper.science.attacks import AttackConfig, pgd
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -159,7 +159,7 @@ class _Logits(nn.Module):
 
 
 def test_margin_loss_and_its_pgd():
-    from sweeper.attacks import margin
+    from sweeper.science.attacks import margin
 
     x = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0]])
     # untargeted: max other logit - true logit; PGD maximises it
@@ -179,8 +179,8 @@ def test_margin_loss_and_its_pgd():
 
 
 def test_perturb_runs_pgd_or_the_named_method(monkeypatch):
-    import sweeper.aa
-    from sweeper.attacks import perturb
+    import sweeper.science.aa
+    from sweeper.science.attacks import perturb
 
     model = _model(dtype=torch.float32)
     x, y = _batch(dtype=torch.float32)
@@ -194,7 +194,7 @@ def test_perturb_runs_pgd_or_the_named_method(monkeypatch):
         calls.append(kw)
         return x + 0.0
 
-    monkeypatch.setattr(sweeper.aa, "run_attack", fake)
+    monkeypatch.setattr(sweeper.science.aa, "run_attack", fake)
     g = torch.Generator().manual_seed(0)
     perturb(model, x, y, AttackConfig(norm="linf", eps=0.1, steps=7, restarts=2, method="apgd-t"), targets=t,
             generator=g)

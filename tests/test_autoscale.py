@@ -12,9 +12,9 @@ import pytest
 
 from fakecluster import AutoscalingCluster, Watcher, ray_status, wait_for
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 from sweeps import SLOW, SMALL, results_of, wait_dashboard, write_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

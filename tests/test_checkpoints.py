@@ -5,11 +5,11 @@ import pathlib
 import pytest
 import torch
 
-from sweeper import kinds
-from sweeper.kinds import Context
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.run import kinds
+from sweeper.run.kinds import Context
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "search_spaces" / "toy.yaml"
 

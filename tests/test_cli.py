@@ -76,9 +76,9 @@ def test_a_long_plan_prints_a_summary_and_all_prints_every_node(tmp_path, capsys
     """Past PLAN_TABLE_MAX nodes `sweeper plan` prints nodes and done per stage, the first and last nodes and
     the totals line instead of one line per node; --all prints the table (a short plan always does)."""
     from sweeper.cli import PLAN_TABLE_MAX
-    from sweeper.plan import build_plan
-    from sweeper.spec import load
-    from sweeper.store import Store
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load
+    from sweeper.store.store import Store
 
     store = str(tmp_path / "store")
     eps = ", ".join(f"{0.01 * (i + 1):.2f}" for i in range(60))

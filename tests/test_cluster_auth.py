@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sweeper.cli import main
-from sweeper.rayauth import probe
+from sweeper.run.rayauth import probe
 from sweeps import TINY, RayCluster, free_port, wait_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
-from sweeper.tracking import download_runs
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
+from sweeper.report.tracking import download_runs
 from sweeps import SLOW, SMALL, RayCluster, results_of, write_sweep
 
 pytestmark = pytest.mark.ray

@@ -14,7 +14,7 @@ import pytest
 from test_tracking import read_offline_run
 from wandbserver import WandbStandIn
 
-from sweeper.tracking import WANDB_NAME, wandb_name
+from sweeper.report.tracking import WANDB_NAME, wandb_name
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def spec(toy):
 
 
 def _panels(body):
-    from sweeper.dashboard import panels
+    from sweeper.report.dashboard import panels
 
     return panels(body)
 
@@ -159,10 +159,10 @@ def test_spec_round_trips_and_is_the_plans(spec, toy):
     from wandb_workspaces.reports.v2 import internal as rint
     from wandb_workspaces.workspaces import internal as wint
 
-    from sweeper.dashboard import build, report_body, view_body
-    from sweeper.plan import build_plan
-    from sweeper.spec import load
-    from sweeper.store import Store
+    from sweeper.report.dashboard import build, report_body, view_body
+    from sweeper.sweep.plan import build_plan
+    from sweeper.sweep.spec import load
+    from sweeper.store.store import Store
 
     body = spec["json"]["report"]
     model = rint.Spec.model_validate(body["spec"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper import data
+from sweeper.science import data
 
 
 def _have_fmnist():

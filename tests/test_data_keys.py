@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 import sweeper
-from sweeper import data_id, data_store
+from sweeper.sweep import data_id
+from sweeper.science import data_store
 from sweeper.cli import main
 from sweeper.errors import DataNotFoundError
-from sweeper.plan import build_plan
-from sweeper.spec import loads
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import loads
+from sweeper.store.store import Store
 from test_data import FMNIST, _write_cifar, need_fmnist
 
 
@@ -100,8 +101,8 @@ def test_cifar_format_sets_key_by_content(tmp_path):
 def test_toy_keys_are_its_parameters_as_before():
     """The toy is generated: its keys are those of the old keying (a store of toy nodes needs no migration),
     whatever data.root says; another toy parameter changes them."""
-    from sweeper.migrate import legacy_plan
-    from sweeper.spec import load
+    from sweeper.sweep.migrate import legacy_plan
+    from sweeper.sweep.spec import load
 
     sweep = load(Path(__file__).resolve().parents[1] / "search_spaces/toy.yaml")
     plan = build_plan(sweep)

@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import data, data_store
+from sweeper.science import data
+
+from sweeper.science import data_store
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.schema import DataSpec
-from sweeper.spec import loads
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.schema import DataSpec
+from sweeper.sweep.spec import loads
+from sweeper.store.store import Store
 from test_data import FMNIST, _write_cifar, need_fmnist
 
 

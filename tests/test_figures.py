@@ -1,4 +1,4 @@
-"""sweeper.figures: example grids, seed summaries, bars with error bars, the Figure 3 scatter (no store, no Ray)."""
+"""sweeper.report.figures: example grids, seed summaries, bars with error bars, the Figure 3 scatter (no store, no Ray)."""
 
 import io
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sweeper import figures as F
+from sweeper.report import figures as F
 
 ROBUST = "robust_acc[l2_eps0.25_s7]"
 ROBUST_BIG = "robust_acc[l2_eps1_s20]"

@@ -5,9 +5,9 @@ import json
 import pathlib
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 from sweeps import results_of
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "search_spaces" / "toy.yaml"

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 from sweeps import SLOW, write_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~75 s; .ci/run runs the slow tests after `make test`

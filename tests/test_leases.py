@@ -13,10 +13,10 @@ import time
 import pytest
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.leases import Leases
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.leases import Leases
+from sweeper.store.store import Store
 from sweeps import results_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

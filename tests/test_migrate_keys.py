@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import data_store
+from sweeper.science import data_store
 from sweeper.cli import main
-from sweeper.engines import run_plan
+from sweeper.run.engines import run_plan
 from sweeper.errors import StoreIOError
-from sweeper.migrate import legacy_plan
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.migrate import legacy_plan
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 from test_data_keys import FMNIST, SWEEP, need_fmnist
 
 pytestmark = need_fmnist

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sweeper import models
+from sweeper.science import models
 
 FAST = ["small_cnn", "wide_cnn", "resnet_small", "mlp", "linear", "airbench", "vgg16"]
 SLOW = ["resnet18", "resnet50", "densenet121"]

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 
 def _nodes_by_kind(path):
@@ -71,7 +71,11 @@ def test_stored_image_models_load_channels_last_and_predict_as_stored(tiny_sweep
     the layout changes no prediction."""
     import torch
 
-    from sweeper import data_store, kinds, models
+    from sweeper.science import data_store
+
+    from sweeper.run import kinds
+
+    from sweeper.science import models
 
     plan, by_kind = _nodes_by_kind(tiny_sweep)
     std = next(n for n in by_kind["train"] if n.spec.from_ is None and n.spec.adversarial is None)

@@ -1,7 +1,7 @@
 """The plan: content keys, de-duplication, fan-out, waves; a pure function of the sweep file."""
 
-from sweeper.plan import CODE_VERSION, build_plan
-from sweeper.spec import loads
+from sweeper.sweep.plan import CODE_VERSION, build_plan
+from sweeper.sweep.spec import loads
 
 BASE = """
 name: p
@@ -147,7 +147,7 @@ def test_robust_curve_uses_the_eval_attack_of_the_model_and_never_changes_keys()
 
 
 def test_synthesis_actors_auto_follows_the_cluster():
-    from sweeper.engines import synthesis_actors
+    from sweeper.run.engines import synthesis_actors
 
     run = loads(BASE).run
     assert synthesis_actors(run, {"CPU": 8.0}) == 8
@@ -195,8 +195,8 @@ def test_keys_are_node_key_of_each_node_and_shipped_sweeps_keep_theirs():
     import glob
     import pathlib
 
-    from sweeper.plan import node_key
-    from sweeper.spec import load
+    from sweeper.sweep.plan import node_key
+    from sweeper.sweep.spec import load
 
     text = BASE.replace("  probe:", "  std_copy: {kind: train, arch: small_cnn, train_size: 500, "
                                     "train: {epochs: 1, lr: 0.05}}\n  probe:")

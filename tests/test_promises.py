@@ -1,7 +1,7 @@
 """Promises of the code that single-line breakages used to slip past: each test names the promise it guards.
 
 Everything here is small (tiny linear models, 8x8 fake images, a few dozen examples) and deterministic; the
-file runs in seconds on one CPU core. Where a node function reads data, ``sweeper.data_store.load_split`` is
+file runs in seconds on one CPU core. Where a node function reads data, ``sweeper.science.data_store.load_split`` is
 replaced by a fake 5-class dataset (so that "random" targets are really random and (y+1) mod C wraps around).
 """
 from __future__ import annotations
@@ -13,18 +13,22 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper import data_store, kinds, models
-from sweeper import store as store_mod
-from sweeper.attacks import pgd
-from sweeper.kinds import Context
-from sweeper.data import Dataset
-from sweeper.evaluation import evaluate
-from sweeper.plan import build_plan, seed_for
-from sweeper.report import build_rows, markdown, transfer_rows
-from sweeper.schema import AttackConfig, InversionConfig
-from sweeper.spec import loads
-from sweeper.store import Store, provenance
-from sweeper.synthesis import invert
+from sweeper.science import data_store
+
+from sweeper.run import kinds
+
+from sweeper.science import models
+from sweeper.store import store as store_mod
+from sweeper.science.attacks import pgd
+from sweeper.run.kinds import Context
+from sweeper.science.data import Dataset
+from sweeper.science.evaluation import evaluate
+from sweeper.sweep.plan import build_plan, seed_for
+from sweeper.report.report import build_rows, markdown, transfer_rows
+from sweeper.sweep.schema import AttackConfig, InversionConfig
+from sweeper.sweep.spec import loads
+from sweeper.store.store import Store, provenance
+from sweeper.science.synthesis import invert
 
 C = 5  # classes of the fake image dataset
 
@@ -236,7 +240,7 @@ def test_run_shard_inversion_uses_the_nodes_step_decay(fake_data, tmp_path):
     got, _ = store.load_shard(node.key, 0, size=10)
 
     x_all, _, _ = kinds.synth_inputs(node, ctx)
-    from sweeper.synthesis import start_points
+    from sweeper.science.synthesis import start_points
     gen = torch.Generator().manual_seed(seed_for(seed, node.key, 0))
     x0, _ = start_points(x_all, 10, "other_image", generator=gen, exclude=torch.arange(0, 10))
     cos, _ = invert(model, x_all[:10], x0, inv, bounds=(0.0, 1.0))
@@ -257,18 +261,18 @@ def test_provenance_dirty_flag_follows_the_work_tree(tmp_path, monkeypatch):
     outside a repository. (The package's repository is found from store.py's location, so the test points
     that location into a temporary repository and runs the real git.)"""
     repo = tmp_path / "repo"
-    (repo / "sweeper").mkdir(parents=True)
-    (repo / "sweeper" / "store.py").write_text("# stand-in\n")
+    (repo / "sweeper" / "store").mkdir(parents=True)
+    (repo / "sweeper" / "store" / "store.py").write_text("# stand-in\n")
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "init")
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    monkeypatch.setattr(store_mod, "__file__", str(repo / "sweeper" / "store.py"))
+    monkeypatch.setattr(store_mod, "__file__", str(repo / "sweeper" / "store" / "store.py"))
 
     p = provenance()
     assert p["git_sha"] == head and p["git_dirty"] is False
-    (repo / "sweeper" / "store.py").write_text("# changed\n")
+    (repo / "sweeper" / "store" / "store.py").write_text("# changed\n")
     assert provenance()["git_dirty"] is True
     _git(repo, "checkout", "--", ".")
     assert provenance()["git_dirty"] is False
@@ -276,7 +280,7 @@ def test_provenance_dirty_flag_follows_the_work_tree(tmp_path, monkeypatch):
     p = provenance()
     assert p["git_dirty"] is True and p["git_sha"] == head
 
-    outside = tmp_path / "plain" / "sweeper"
+    outside = tmp_path / "plain" / "sweeper" / "store"
     outside.mkdir(parents=True)
     monkeypatch.setattr(store_mod, "__file__", str(outside / "store.py"))
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
@@ -410,7 +414,7 @@ def test_worst_case_is_the_and_of_per_attack_robust_flags(monkeypatch):
         def name(self):
             return self._name
 
-    monkeypatch.setattr("sweeper.evaluation.perturb", fake_pgd)
+    monkeypatch.setattr("sweeper.science.evaluation.perturb", fake_pgd)
     res = evaluate(model, x, y, {"a": Cfg("a"), "b": Cfg("b")}, batch_size=5, bounds=None)
     clean = torch.tensor([i < 10 for i in range(n)])
     ra = torch.tensor([i < 10 and i not in breaks["a"] for i in range(n)])
@@ -429,8 +433,8 @@ def test_worst_by_ball_counts_smaller_balls_of_the_same_norm_only():
     """Promise: the robust accuracy of a ball is the AND over attacks of that norm with eps <= its eps (a
     perturbation inside the smaller ball lies inside the larger one); other norms and larger balls are left out;
     the gap is the best PGD reading at exactly that eps minus the worst case."""
-    from sweeper.evaluation import worst_by_ball
-    from sweeper.schema import AttackConfig
+    from sweeper.science.evaluation import worst_by_ball
+    from sweeper.sweep.schema import AttackConfig
 
     a = {"small": AttackConfig(norm="l2", eps=0.5), "big": AttackConfig(norm="l2", eps=1.0),
          "apgd": AttackConfig(norm="l2", eps=1.0, method="apgd-ce"), "inf": AttackConfig(norm="linf", eps=0.1)}
@@ -566,7 +570,7 @@ def test_report_shifted_accuracy_in_rows_and_table1(tmp_path):
 ])
 def test_wandb_mode_precedence(executor, flag, env, file, want, tmp_path, monkeypatch):
     """Promise: `sweeper run` picks the W&B mode from --wandb, then WANDB_MODE, then run.wandb of the file."""
-    import sweeper.engines as ex
+    import sweeper.run.engines as ex
     from sweeper.cli import main
 
     text = SWEEP.replace("run: {store: ./store, shard_size: 10}",
@@ -591,7 +595,7 @@ def test_wandb_mode_precedence(executor, flag, env, file, want, tmp_path, monkey
 
 def test_resolve_mode_precedence(monkeypatch):
     """Promise: tracking.resolve_mode: an explicit mode wins over WANDB_MODE, which wins over offline."""
-    from sweeper.tracking import resolve_mode
+    from sweeper.report.tracking import resolve_mode
 
     monkeypatch.setenv("WANDB_MODE", "online")
     assert resolve_mode("disabled") == "disabled"
@@ -629,7 +633,7 @@ def test_synthesized_sets_name_the_start_image_of_every_image(stage, fake_data, 
         assert torch.equal(t["start_index"], t["index"])
         return
     assert (t["start_index"] != t["index"]).all() and (t["start_index"] >= 0).all()
-    from sweeper.synthesis import start_points  # the start images the shards drew, by the shards' seeds
+    from sweeper.science.synthesis import start_points  # the start images the shards drew, by the shards' seeds
     x_all, _, idx_all = kinds.synth_inputs(node, ctx)
     for i, (a, b) in enumerate(kinds.shard_ranges(24, ctx.shard_size)):
         gen = torch.Generator().manual_seed(seed_for(plan.sweep.seed, node.key, i))

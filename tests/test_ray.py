@@ -5,9 +5,9 @@ import pytest
 
 from sweeper.cli import main
 from sweeps import RayCluster, results_of, write_sweep
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 pytestmark = pytest.mark.ray
 
@@ -49,8 +49,8 @@ def test_sweep_on_ray_head_matches_default_run(ray_head, tmp_path, capsys):
 def test_actor_killed_during_synthesis_costs_only_its_shard(ray_head, tmp_path):
     import ray
 
-    from sweeper.kinds import Context
-    from sweeper.shards import ShardPool, synthesize_on_pool
+    from sweeper.run.kinds import Context
+    from sweeper.run.shards import ShardPool, synthesize_on_pool
 
     ref_file = write_sweep(tmp_path, "ref")
     assert main(["run", str(ref_file), "--executor", "local", "--threads", "1", "--no-report"]) == 0
@@ -94,7 +94,7 @@ def test_a_shard_that_keeps_failing_fails_the_node_with_a_clear_message(ray_head
     case: the run moves such an artifact aside and computes it again, tests/test_heal.py.)"""
     import torch
 
-    from sweeper import kinds
+    from sweeper.run import kinds
 
     path = write_sweep(tmp_path, "corrupt")
     plan = build_plan(load(path))

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from sweeper.rayauth import probe
+from sweeper.run.rayauth import probe
 from sweeps import TINY, RayCluster, free_port
 
 pytestmark = pytest.mark.ray
@@ -160,7 +160,7 @@ def test_nothing_listening_fails_at_once(homes, tmp_path):
 
 
 def test_find_token_follows_rays_order(tmp_path, monkeypatch):
-    from sweeper.rayauth import find_token
+    from sweeper.run.rayauth import find_token
 
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)

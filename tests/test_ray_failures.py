@@ -13,9 +13,9 @@ import time
 import pytest
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 from sweeps import LONG_TRAIN, SLOW, RayCluster, results_of, write_sweep
 
 pytestmark = pytest.mark.ray

@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sweeper import data_store, spec
-from sweeper.plan import build_plan
-from sweeper.report import build_rows, claims, pictures, summary, worst_column, write_report
-from sweeper.store import Store
+from sweeper.science import data_store
+
+from sweeper.sweep import spec
+from sweeper.sweep.plan import build_plan
+from sweeper.report.report import build_rows, claims, pictures, summary, worst_column, write_report
+from sweeper.store.store import Store
 
 SWEEP = """
 name: rep
@@ -152,7 +154,7 @@ def test_evaluations_of_older_code_get_their_worst_case_from_the_stored_flags(tm
 def test_a_large_sweep_gets_a_sample_of_example_grids_and_of_bar_groups(tmp_path, monkeypatch):
     """Past MAX_EXAMPLE_GRIDS synthesized sets the report draws a sample (every stage its share) and says so in
     report.md; a bar chart shows the first MAX_BAR_GROUPS groups and says so in its title."""
-    from sweeper import report
+    from sweeper.report import report
 
     plan, store = _filled(tmp_path)
     monkeypatch.setattr(report, "MAX_EXAMPLE_GRIDS", 1)
@@ -177,8 +179,8 @@ def test_the_report_reads_each_node_once_and_accepts_the_done_metas(tmp_path, mo
     """build_rows reads each node's meta once however many rows share it (metas are held ROWS_CHUNK evaluations
     at a time), and with the done nodes' metas given asks the store nothing about them; the rows are the same
     either way, and in chunks of one evaluation."""
-    from sweeper import report
-    from sweeper.report import done_metas
+    from sweeper.report import report
+    from sweeper.report.report import done_metas
 
     plan, store = _filled(tmp_path)
     rows = build_rows(plan, store)
@@ -215,7 +217,7 @@ def test_a_report_reads_each_evaluation_and_transfer_manifest_once(tmp_path, mon
     when the report asks by itself and on `sweeper report`'s path, which reads the done nodes' metas first."""
     import collections
 
-    from sweeper.report import done_metas
+    from sweeper.report.report import done_metas
 
     plan, store = _filled(tmp_path)
     reads = collections.Counter()

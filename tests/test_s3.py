@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import CorruptArtifact, Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import CorruptArtifact, Store
 from sweeps import results_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_two_drivers_on_one_s3_store_end_with_one_intact_result(s3_uri, tmp_path
 
 def test_a_prefix_holding_other_things_is_not_taken_for_a_store(s3_uri):
     """On S3 as on disk: a non-empty prefix without the store's marker is refused, and nothing is written."""
-    from sweeper.store import StoreError
+    from sweeper.store.store import StoreError
 
     s = Store(s3_uri)
     s.write_text("photos/holiday.txt", "mine")

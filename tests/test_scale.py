@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from sweeper.engines import run_plan_ray
-from sweeper.plan import build_plan
-from sweeper.spec import loads
-from sweeper.store import Store
+from sweeper.run.engines import run_plan_ray
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import loads
+from sweeper.store.store import Store
 from sweeps import SMALL, RayCluster
 
 pytestmark = pytest.mark.ray

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from sweeper.leases import Leases
-from sweeper.plan import build_plan
-from sweeper.scheduling import Scheduler
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.store.leases import Leases
+from sweeper.sweep.plan import build_plan
+from sweeper.run.scheduling import Scheduler
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLAN = build_plan(load(ROOT / "search_spaces" / "toy.yaml"))  # std, robust -> d_det -> train_d_det, probe, evals
@@ -82,7 +82,7 @@ def test_ready_nodes_come_in_order_of_the_work_that_waits_on_them(tmp_path):
 
 
 def test_tune_is_held_back_while_higher_synthesis_waits_for_room(tmp_path, monkeypatch):
-    import sweeper.scheduling as scheduling
+    import sweeper.run.scheduling as scheduling
 
     sched, _, _ = _sched(tmp_path)
     sched.take("tune", 8)
@@ -111,7 +111,7 @@ def test_a_node_held_by_another_driver_is_waited_for_and_its_dependents_follow(t
     assert other.acquire([std.key]) == [std.key]
     assert _labels(sched.take("tune", 8)) == ["robust"]
     assert std.key in sched.others
-    from sweeper import kinds
+    from sweeper.run import kinds
 
     kinds.execute(std, kinds.Context.of(PLAN, store), _NoRun())  # the other driver computes it
     other.release(std.key)
@@ -128,7 +128,7 @@ def test_has_ready_alone_notices_a_node_another_driver_finished(tmp_path):
     std = _by("std")
     other.acquire([std.key])
     sched.take("tune", 8)
-    from sweeper import kinds
+    from sweeper.run import kinds
 
     kinds.execute(std, kinds.Context.of(PLAN, store), _NoRun())
     import time
@@ -181,7 +181,7 @@ def test_a_node_finished_elsewhere_just_before_our_lease_is_not_run_again(tmp_pa
     check after taking the lease finds it done, so it is not handed out (a double run seen with two drivers)."""
     sched, store, leases = _sched(tmp_path)
     std = _by("std")
-    from sweeper import kinds
+    from sweeper.run import kinds
 
     kinds.execute(std, kinds.Context.of(PLAN, store), _NoRun())
     got = sched.take("tune", 8)
@@ -225,7 +225,7 @@ def test_a_searcher_held_back_for_synthesis_stops_suggesting_so_tune_frees_its_c
     returns FINISHED instead, so that Tune frees that actor and the pool gets the room."""
     from ray.tune.search import Searcher
 
-    from sweeper.tuning import NodeSearcher
+    from sweeper.run.tuning import NodeSearcher
 
     sched, _, _ = _sched(tmp_path)
     searcher = NodeSearcher(sched, {k: PLAN.describe(n) for k, n in PLAN.nodes.items()})
@@ -243,7 +243,7 @@ def test_tunes_failed_state_upload_is_one_warning_line_not_a_traceback(capsys):
     logs with a traceback reaches the user as one warning line naming the cause; other records pass."""
     import logging
 
-    from sweeper.tuning import _TrialFailureLines
+    from sweeper.run.tuning import _TrialFailureLines
 
     lines: list[str] = []
     logger = logging.getLogger("ray.tune.execution.experiment_state")

@@ -1,4 +1,4 @@
-"""The sweep file's JSON Schema (sweeper/schema_json.py): the committed copy is what the models generate, it
+"""The sweep file's JSON Schema (sweeper/sweep/schema_json.py): the committed copy is what the models generate, it
 accepts every sweep the loader accepts (shipped files, the tests' sweeps, grids, zip, "8/255", YAML 1.1 scalars)
 and rejects unknown keys and wrong types, as the loader does."""
 import json
@@ -12,10 +12,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from sweeper import schema as models
+from sweeper.sweep import schema as models
 from sweeper.errors import SpecError
-from sweeper.schema_json import COMMITTED, EPS_FIELDS, REGENERATE, attack_eps_fields, generate
-from sweeper.spec import loads
+from sweeper.sweep.schema_json import COMMITTED, EPS_FIELDS, REGENERATE, attack_eps_fields, generate
+from sweeper.sweep.spec import loads
 
 from sweeps import SLOW, SMALL
 
@@ -37,7 +37,7 @@ def _errors(validator, doc) -> list[str]:
 
 def test_committed_schema_is_what_the_models_generate():
     committed = json.loads((ROOT / COMMITTED).read_text())
-    assert committed == generate(), f"{COMMITTED} is out of date with sweeper/schema.py; regenerate it: {REGENERATE}"
+    assert committed == generate(), f"{COMMITTED} is out of date with sweeper/sweep/schema.py; regenerate it: {REGENERATE}"
 
 
 def test_sweeper_schema_prints_it():
@@ -87,7 +87,7 @@ def test_what_the_loader_accepts_the_schema_accepts(name, validator):
     except SpecError as e:
         if "no stage named" not in e.message and "expected a train" not in e.message:
             raise  # the toy case refers to no stage: the loader refuses only the reference, which the schema
-            # leaves to the loader (see sweeper/schema_json.py)
+            # leaves to the loader (see sweeper/sweep/schema_json.py)
     assert _errors(validator, yaml.safe_load(text)) == []
 
 
@@ -169,7 +169,7 @@ def test_eps_fields_follow_the_model():
 
 
 def _models(root: type[BaseModel]) -> set[type[BaseModel]]:
-    from sweeper.spec import _unwrap
+    from sweeper.sweep.spec import _unwrap
 
     out, todo = set(), [root]
     while todo:

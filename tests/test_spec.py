@@ -4,8 +4,8 @@ import textwrap
 import pytest
 
 from sweeper.errors import SpecError
-from sweeper.schema import ARCHS
-from sweeper.spec import apply_overrides, expand_stage, load, loads, validate
+from sweeper.sweep.schema import ARCHS
+from sweeper.sweep.spec import apply_overrides, expand_stage, load, loads, validate
 
 VALID = """
 name: t

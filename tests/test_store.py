@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from sweeper import store as store_mod
-from sweeper.store import CorruptArtifact, Store, provenance
+from sweeper.store import store as store_mod
+from sweeper.store.store import CorruptArtifact, Store, provenance
 
 
 def _tensors():
@@ -151,7 +151,7 @@ def test_shards(tmp_path):
 
 
 def test_store_marks_its_folder_and_refuses_a_foreign_one(tmp_path):
-    from sweeper.store import StoreError
+    from sweeper.store.store import StoreError
 
     s = Store(str(tmp_path / "new"))
     s.claim()

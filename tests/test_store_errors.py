@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOY = ROOT / "search_spaces" / "toy.yaml"
@@ -158,7 +158,7 @@ def test_an_unreachable_store_is_never_taken_for_not_done_or_damaged(s3_uri, s3_
     "not done" (computed again) nor "damaged" (moved aside) because the endpoint went away."""
     import torch
 
-    from sweeper.store import StoreIOError
+    from sweeper.store.store import StoreIOError
 
     Store(s3_uri).save("k", meta={"a": 1}, tensors={"w": torch.zeros(3)})
     gone = Store(s3_uri.replace(s3_server.endpoint, f"127.0.0.1:{_free_port()}"))

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper.schema import AttackConfig, InversionConfig
-from sweeper.synthesis import choose_targets, invert, relabel, start_points
+from sweeper.sweep.schema import AttackConfig, InversionConfig
+from sweeper.science.synthesis import choose_targets, invert, relabel, start_points
 
 
 class RepNet(nn.Module):

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sweeper.schema import parse_eps  # the one parser of eps: the schema's
-from sweeper.threat import L2, Linf, Unconstrained, make_threat
+from sweeper.sweep.schema import parse_eps  # the one parser of eps: the schema's
+from sweeper.science.threat import L2, Linf, Unconstrained, make_threat
 
 
 @pytest.mark.parametrize("value,expected", [(0.5, 0.5), (1, 1.0), ("0.5", 0.5), (" 0.25 ", 0.25),

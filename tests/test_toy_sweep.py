@@ -2,10 +2,10 @@
 import pathlib
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.report import build_rows
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.report.report import build_rows
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "search_spaces" / "toy.yaml"
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from sweeper.cli import main
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 SWEEP = """
 name: wbtiny

@@ -5,10 +5,10 @@ import io
 import pytest
 import torch
 
-from sweeper import data, models
-from sweeper.attacks import AttackConfig, pgd
-from sweeper.evaluation import EvalResult, accuracy, check_model, evaluate
-from sweeper.training import TrainConfig, Trainer, train
+from sweeper.science import data, models
+from sweeper.science.attacks import AttackConfig, pgd
+from sweeper.science.evaluation import EvalResult, accuracy, check_model, evaluate
+from sweeper.science.training import TrainConfig, Trainer, train
 
 D, P = 100, 0.95
 ETA = data.toy_eta(D)
@@ -70,7 +70,7 @@ def test_d_det_teaches_the_true_labels(toy, standard_model):
     tr, te = toy
     attack = AttackConfig(norm="linf", eps=EPS, steps=20, step_size=EPS / 8)
     try:
-        from sweeper.synthesis import relabel
+        from sweeper.science.synthesis import relabel
     except ImportError:
         relabel = None
     if relabel is not None:

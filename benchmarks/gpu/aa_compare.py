@@ -8,9 +8,9 @@ the three attacks on the same 1,000 test images.
 """
 import sys
 
-from sweeper.plan import build_plan
-from sweeper.spec import load
-from sweeper.store import Store
+from sweeper.sweep.plan import build_plan
+from sweeper.sweep.spec import load
+from sweeper.store.store import Store
 
 ATTACKS = ("[{norm: l2, eps: 1.0, steps: 20}, {norm: l2, eps: 1.0, steps: 20, method: apgd-t, n_targets: 3}, "
            "{norm: l2, eps: 1.0, steps: 100, method: autoattack}]")

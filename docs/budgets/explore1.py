@@ -3,11 +3,11 @@ import json, math, os, sys, time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "snap"))
 import torch
 import torch.nn.functional as F
-from sweeper import data as D, models as M
-from sweeper.attacks import AttackConfig, pgd
-from sweeper.training import TrainConfig, train
-from sweeper.synthesis import invert, relabel, start_points
-from sweeper import aa
+from sweeper.science import data as D, models as M
+from sweeper.science.attacks import AttackConfig, pgd
+from sweeper.science.training import TrainConfig, train
+from sweeper.science.synthesis import invert, relabel, start_points
+from sweeper.science import aa
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 OUT = os.environ.get("OUT", "/tmp")
