@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sweeper-installed
+DOCS_STAMP := $(VENV)/.sweeper-docs-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO   ?= search_spaces/fmnist_demo.yaml
 
 export RAY_USAGE_STATS_ENABLED=0
 export WANDB_SILENT=true
 
-.PHONY: setup data test test-slow test-all demo bench clean
+.PHONY: setup data test test-slow test-all demo docs bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +44,16 @@ demo: setup data
 	$(BIN)/sweeper run $(DEMO)
 	$(BIN)/sweeper report $(DEMO)
 
+# The docs site (docs/, mkdocs.yml) into site/: open site/index.html. The `docs` extra (MkDocs, Material for MkDocs,
+# mkdocstrings) is installed once, like `make setup` (the stamp; a changed pyproject.toml installs it again).
+# --strict: a warning (a broken link, anchor or reference, a page missing from the nav) fails the build.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: setup data
 	$(BIN)/python benchmarks/bench_pgd.py
 	$(BIN)/python benchmarks/bench_training.py
@@ -54,4 +65,4 @@ bench: setup data
 	@echo "bench: figures written to benchmarks/results/README.md (one table per benchmark) and benchmarks/results/<bench>.json"
 
 clean:
-	rm -rf store build *.egg-info .pytest_cache
+	rm -rf store build site *.egg-info .pytest_cache

@@ -476,6 +476,31 @@ def _print_written(written: dict) -> None:
         print(f"wrote {path}")
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout's reader went away (`sweeper report FILE | head -n 12`). If so, stdout is pointed at
+    /dev/null, so that Python's flush at exit stays quiet too (no BrokenPipeError traceback)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by something that is no file (a test's capture)
+        return False
+    try:
+        sys.stdout.flush()
+        gone = False
+    except BrokenPipeError:
+        gone = True
+    if not gone and hasattr(select, "poll"):  # nothing left to flush: ask the pipe whether it has a reader
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(ev & select.POLLERR for _, ev in poll.poll(0))
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
     from sweeper.errors import SweeperError, interrupt_code
 
@@ -488,7 +513,13 @@ def main(argv: list[str] | None = None) -> int:
                "logs": _cmd_logs, "data": _cmd_data, "wandb": _cmd_wandb, "dashboard": _cmd_dashboard,
                "migrate-keys": _cmd_migrate_keys, "schema": _cmd_schema}[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader gone early (`sweeper report FILE | head`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_gone():  # a broken pipe elsewhere (a socket) is not the reader going away
+            raise
+        return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe; nothing printed
     except SweeperError as e:  # exit codes: sweeper.errors
         print(f"sweeper: {e.line()}", file=sys.stderr)
         return e.exit_code

@@ -38,7 +38,8 @@ stages:
 def test_dedup_and_fanout_counts():
     plan = build_plan(loads(BASE))
     # std once (not once per eps x arch), std_b, 2 synth, 2 x 3 retrain; 2 synth x 2 models; 1 + 6 evals
-    assert plan.counts() == {"train": 2 + 6, "synthesize": 2, "evaluate": 7, "transfer": 4}
+    assert {k: v for k, v in plan.counts().items() if v} == {"train": 2 + 6, "synthesize": 2, "evaluate": 7,
+                                                             "transfer": 4}
     labels = sorted(n.label for n in plan.nodes.values() if n.stage == "d_det")
     assert labels == ["d_det[attack.eps=0.5]", "d_det[attack.eps=1.0]"]
     retrain = [n for n in plan.nodes.values() if n.stage == "retrain"]

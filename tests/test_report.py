@@ -12,6 +12,7 @@ from sweeper.science import data_store
 
 from sweeper.sweep import spec
 from sweeper.sweep.plan import build_plan
+from sweeper.sweep.schema import CHAIN_STRIDE
 from sweeper.report.report import build_rows, claims, pictures, summary, worst_column, write_report
 from sweeper.store.store import Store
 
@@ -52,8 +53,10 @@ NUMBERS = {("baseline", 0): (0.80, 0.30, 0.26), ("baseline", 1): (0.82, 0.28, 0.
            ("train_d_det", 0): (0.45, 0.0, 0.0), ("train_d_det", 1): (0.51, 0.0, 0.0)}
 
 
-def _filled(tmp_path, uri: str | None = None):
-    sweep = spec.loads(SWEEP)
+def _filled(tmp_path, uri: str | None = None, chains: int = 1):
+    """SWEEP's plan with every node stored: each evaluation scores NUMBERS[(stage, seed)] (chain k's seeds,
+    written seed + CHAIN_STRIDE * k, score as their chain-0 seed)."""
+    sweep = spec.loads(SWEEP.replace("seed: 0\n", f"seed: 0\nchains: {chains}\n", 1))
     plan = build_plan(sweep)
     store = Store(uri or str(tmp_path / "s"))
     train = data_store.load_split(sweep.data, "train")
@@ -69,7 +72,7 @@ def _filled(tmp_path, uri: str | None = None):
                                 "start_index": start})
         elif n.kind == "evaluate":
             model = plan.nodes[n.inputs["model"]]
-            clean, pgd_acc, worst = NUMBERS[(model.stage, model.spec.seed)]
+            clean, pgd_acc, worst = NUMBERS[(model.stage, model.spec.seed % CHAIN_STRIDE)]
             store.save(key, meta={
                 "kind": "evaluate", "clean_acc": clean, "shifted_acc": 0.01, "worst_acc": worst, "n": 30,
                 "robust": [{"attack": "l2_eps1_s5", "norm": "l2", "eps": 1.0, "steps": 5, "acc": pgd_acc},

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from sweeper.sweep import schema as models
 from sweeper.errors import SpecError
-from sweeper.sweep.schema_json import COMMITTED, EPS_FIELDS, REGENERATE, attack_eps_fields, generate
+from sweeper.sweep.schema_json import COMMITTED, EPS_FIELDS, REGENERATE, attack_eps_fields, eps_fields, generate
 from sweeper.sweep.spec import loads
 
 from sweeps import SLOW, SMALL
@@ -165,7 +165,10 @@ def test_strings_pydantic_reads_as_numbers_or_booleans_pass_the_schema(validator
 
 
 def test_eps_fields_follow_the_model():
-    assert EPS_FIELDS == {"AttackConfig": attack_eps_fields()}
+    assert EPS_FIELDS["AttackConfig"] == attack_eps_fields()
+    every = {m.__name__: eps_fields(m) for m in _models(models.SweepFile).union(*(
+        _models(m) for m in models.STAGE_MODELS.values()))}
+    assert EPS_FIELDS == {name: fields for name, fields in every.items() if fields}
 
 
 def _models(root: type[BaseModel]) -> set[type[BaseModel]]:
@@ -184,6 +187,6 @@ def _models(root: type[BaseModel]) -> set[type[BaseModel]]:
 
 def test_every_sweep_file_key_has_a_description():
     every = set().union(_models(models.SweepFile), *(_models(m) for m in models.STAGE_MODELS.values()))
-    assert len(every) == 12
+    assert len(every) == 13  # 12 + FourierStage
     missing = [f"{m.__name__}.{f.alias or n}" for m in every for n, f in m.model_fields.items() if not f.description]
     assert missing == [], f"sweep-file keys without a description (Field(description=...), for users): {missing}"

@@ -11,6 +11,8 @@ Nothing here reads the store or the plan; ``sweeper.report.report`` gathers the 
   adversarial examples to that architecture, with a least-squares line.
 - :func:`transfer_points` and :func:`paper_bar_reference` turn report rows and ``paper.yaml`` into their inputs;
   :func:`transfer_fit` gives Figure 3's line as numbers (for report.md).
+- :func:`fourier_figure`: Fourier-sensitivity heatmaps (error at each centred frequency, low frequencies in the
+  centre), side by side on one colour scale.
 
 matplotlib is imported inside the functions, with the Agg backend, so importing this module stays cheap.
 """
@@ -27,7 +29,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CLASS_NAMES = {"fashion_mnist": FASHION_MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}
 
 # bars and summaries list training sets in this order (others follow in order of appearance)
-TRAIN_SET_ORDER = ("D", "D_adv", "baseline", "D_R", "D_NR", "D_rand", "D_det")
+TRAIN_SET_ORDER = ("D", "D_adv", "baseline", "D_R", "D_NR", "D_rand", "D_det", "D_rand_bugs", "D_det_bugs",
+                   "D_wallace")
 
 DPI = 100
 
@@ -365,8 +368,8 @@ def transfer_points(rows: Iterable[Mapping[str, Any]], transfers: Iterable[Mappi
             by_set.setdefault((t.get("probe_arch"), t.get("synth_key")), []).append((i, t["target_rate"]))
     pts = []
     for r in rows:
-        if r.get("train_set") != "D_det" or r.get("clean_acc") is None:
-            continue
+        if r.get("train_set") != "D_det" or r.get("clean_acc") is None or r.get("features"):
+            continue  # (a linear probe on another model's features is not that arch's own D_det point)
         arch = r.get("target_arch")
         if r.get("synth_key") is None:  # any set
             found = by_arch.get(arch, [])
@@ -466,4 +469,63 @@ def transfer_figure(points: Iterable[Mapping[str, Any]], *, reference: Iterable[
         ax.legend(fontsize=7, loc="upper left")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return _png(fig, plt)
+
+
+# ---------------------------------------------------------------------------------------- 5. fourier
+FOURIER_COLUMNS = 6  # heatmaps per row of fourier_figure
+
+
+def fourier_figure(panels: Sequence[tuple[str, Any]], *, eps: float | Sequence[float] | None = None,
+                   title: str = "") -> bytes:
+    """Fourier-sensitivity heatmaps side by side (at most FOURIER_COLUMNS per row), one per ``(title, heat)``
+    panel: ``heat`` an (H, W) tensor or array of error rates at the centred frequencies of
+    :mod:`sweeper.science.fourier` (cell (r, c) = frequency (r - H//2, c - W//2): the zero frequency in the
+    centre, the highest ones on the border; axes labelled in frequencies). Every panel shares one colour scale,
+    from 0 to the largest error of any panel, with one colour bar. ``eps`` (one number, or one per panel) is
+    added to the figure's title (one number) or each panel's (a list)."""
+    import numpy as np
+
+    if not panels:
+        raise ValueError("fourier_figure: no heatmaps to draw")
+    heats = []
+    for name, heat in panels:
+        a = heat.detach().cpu().double().numpy() if hasattr(heat, "detach") else np.asarray(heat, dtype=float)
+        if a.ndim != 2:
+            raise ValueError(f"fourier_figure: the heatmap of {name!r} must be 2-D (H, W); got shape {a.shape}")
+        heats.append(a)
+    per_panel = eps is not None and not isinstance(eps, (int, float))
+    if per_panel and len(eps) != len(panels):
+        raise ValueError(f"fourier_figure: {len(eps)} eps for {len(panels)} heatmaps")
+    vmax = max(max(float(np.nanmax(a)) for a in heats), 1e-6)
+    cols = min(len(panels), FOURIER_COLUMNS)
+    rows = -(-len(panels) // cols)
+    plt = _pyplot()
+    fig_w = max(6.0, 1.2 + 2.6 * cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, 0.8 + 2.9 * rows), squeeze=False)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.axis("off")
+            continue
+        a = heats[k]
+        h, w = a.shape
+        extent = (-(w // 2) - 0.5, w - w // 2 - 0.5, h - h // 2 - 0.5, -(h // 2) - 0.5)  # row 0 at the top
+        im = ax.imshow(a, cmap="viridis", vmin=0.0, vmax=vmax, extent=extent, interpolation="nearest")
+        name = str(panels[k][0]) + (f"\neps {eps[k]:g}" if per_panel else "")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        if k % cols == 0:
+            ax.set_ylabel("vertical frequency i", fontsize=7)
+        if k // cols == rows - 1 or k + cols >= len(panels):
+            ax.set_xlabel("horizontal frequency j", fontsize=7)
+    bar = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.04, pad=0.03)
+    bar.set_label("error rate under the noise", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    head = title or "Fourier sensitivity: error under additive Fourier-basis noise (centre: low frequencies)"
+    if eps is not None and not per_panel:
+        head += f"; noise L2 norm {eps:g} per channel"
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.fill(line, width=int(fig_w * 13)) for line in head.split("\n")), fontsize=9)
     return _png(fig, plt)

@@ -2,7 +2,8 @@
 
 ``build_rows`` turns the evaluate and transfer nodes of a finished plan into one row per evaluation;
 ``write_report`` writes ``results.csv``, ``results.json``, ``transfer.csv``, ``report.md`` and PNG figures
-under ``<store>/reports/<sweep>/``.
+under ``<store>/reports/<sweep>/``; with fourier nodes also ``fourier.json`` (:func:`fourier_rows`: one entry per
+node, beside results.json, whose list of evaluation rows stays as it is) and ``fourier.png``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from importlib import resources
 
 import yaml
 
-from sweeper.sweep.plan import Plan, gc_paused
+from sweeper.sweep.plan import Plan, ensemble_keys, gc_paused
 from sweeper.sweep.spec import dumps_point
 from sweeper.store.store import Store
+from sweeper.report import distill, stats
 
 # a report of a large sweep draws a sample, and says so in report.md: example grids of at most this many
 # synthesized sets (each one stage's share, evenly spread over its nodes), bar charts of at most this many groups
@@ -28,8 +30,9 @@ ROWS_CHUNK = 1000  # evaluations whose metas are read (and held) at a time
 
 BASE_COLUMNS = ["sweep", "eval_key", "eval_stage", "eval_label", "model_key", "model_stage", "model_label",
                 "setting", "train_set", "train_size",
-                "target_arch", "source_arch", "source_stage", "synth_key", "synth_method", "synth_norm", "synth_eps",
-                "synth_steps", "seed", "clean_acc", "shifted_acc", "hit_rate", "robust_reads_original",
+                "target_arch", "features", "features_label", "source_arch", "source_stage", "synth_key",
+                "synth_method", "synth_norm", "synth_eps",
+                "synth_steps", "seed", "chain", "clean_acc", "shifted_acc", "hit_rate", "robust_reads_original",
                 "transfer_rate", "worst_acc", "eval_n"]
 
 
@@ -144,14 +147,20 @@ def _synth_fields(plan: Plan, reads: _Reads, model_node, by_synth: dict[str, lis
     if p.method == "relabel":
         out.update(synth_norm=p.attack.norm, synth_eps=p.attack.eps, synth_steps=p.attack.steps,
                    hit_rate=sm.get("hit_rate"))
-        # probes of this set other than its own source; a probe of the retrained model's arch first
-        mine = [t for t in by_synth.get(synth.key, ()) if t["probe_key"] != source.key]
+        if p.ensemble:  # bugs-only: how often every ensemble model still read the true label
+            out["ensemble_keeps"] = sm.get("ensemble_keeps")
+        # probes of this set other than its own source (and its ensemble, which the attack kept at the true
+        # labels on purpose); a probe of the retrained model's arch first
+        own = {source.key, *ensemble_keys(synth)}
+        mine = [t for t in by_synth.get(synth.key, ()) if t["probe_key"] not in own]
         mine.sort(key=lambda t: t["probe_arch"] != model_node.spec.arch)
         for t in mine:
             if t["probe_train_set"] == "D_adv" and out.get("robust_reads_original") is None:
                 out["robust_reads_original"] = t["original_rate"]
             if t["probe_train_set"] == "D" and out.get("transfer_rate") is None:
                 out["transfer_rate"] = t["target_rate"]
+    elif p.method == "wrong_labels":  # Wallace: the pool examined and the source's errors kept (= train_size)
+        out.update(synth_pool_size=sm.get("pool_size"), synth_kept=sm.get("kept"))
     else:
         out.update(synth_norm="l2", synth_steps=p.inversion.steps)
     return out
@@ -184,16 +193,25 @@ def _build_rows(plan: Plan, reads: _Reads, _transfers: list[dict] | None) -> lis
     return rows
 
 
+def _is_seed(point_key: str) -> bool:
+    """Whether a grid point's key is a seed (the model's or an upstream stage's ``seed``, or the whole-chain
+    ``chain``): rows that differ only there are replicates of one setting, summarised over seeds."""
+    return point_key.rpartition(".")[2] in ("seed", "chain")
+
+
 def _row(plan: Plan, reads: _Reads, node, model, by_synth: dict[str, list[dict]]) -> dict:
     """The results row of one finished evaluation ``node`` of ``model``."""
     m = reads.meta(node.key)
     mm = reads.meta(model.key)
     row = {c: None for c in BASE_COLUMNS}
-    setting = dumps_point({k: v for k, v in model.point.items() if k != "seed"})
+    setting = dumps_point({k: v for k, v in model.point.items() if not _is_seed(k)})
     row.update(sweep=plan.sweep.name, eval_key=node.key, eval_stage=node.stage, eval_label=node.label,
                setting=setting or "-", model_key=model.key, model_stage=model.stage,
                model_label=model.label, train_set=plan.train_set(model), train_size=mm["n_train"],
-               target_arch=model.spec.arch, seed=model.spec.seed, clean_acc=m["clean_acc"],
+               target_arch=model.spec.arch, features=plan.features_of(model),
+               features_label=getattr(plan.features_node(model), "label", None),
+               seed=model.spec.seed, chain=model.point.get("chain", 0),
+               clean_acc=m["clean_acc"],
                shifted_acc=m["shifted_acc"], worst_acc=m["worst_acc"], eval_n=m["n"])
     row.update(_synth_fields(plan, reads, model, by_synth))
     for r in m["robust"]:
@@ -224,13 +242,25 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+# Goh's robust-feature-leakage probe (Distill discussion of the paper, Aug. 2019, "Two examples of useful, non-robust
+# features"): a linear classifier on robust linear features of pixel space, trained on the set, scored on the true labels
+GOH_LEAKAGE = {"D_rand": "Goh: 23.5%, leaks (CIFAR-10, robust linear features)",
+               "D_det": "Goh: 6.8%, no leakage (CIFAR-10, robust linear features)"}
+
+
+def _arch(r: dict) -> str:
+    """A row's (or a summary group's) arch as report.md shows it: ``linear probe of robust (D_adv)`` for a probe."""
+    return f"{r['target_arch']} probe of {r['features']}" if r.get("features") else r["target_arch"]
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
 # ------------------------------------------------------------------------------------ over seeds
 # a row's group: the evaluation stage and everything about the model but its own seed (upstream grid values too)
-GROUP = ["eval_stage", "model_stage", "setting", "train_set", "train_size", "target_arch", "synth_eps"]
+# (``features``: a linear probe's features model, so probes never share a group with ordinary linear models)
+GROUP = ["eval_stage", "model_stage", "setting", "train_set", "train_size", "target_arch", "features", "synth_eps"]
 
 
 def _cols(rows: list[dict], prefix: str) -> list[str]:
@@ -241,8 +271,9 @@ def summary(rows: list[dict]):
     """Mean, std and count over seeds per group (``GROUP``) of every number of the rows (pandas DataFrame)."""
     from sweeper.report.figures import seed_summary
 
-    vals = (["clean_acc", "shifted_acc"] + _cols(rows, "robust_worst[") + _cols(rows, "pgd_gap[")
-            + _cols(rows, "robust_acc[") + ["hit_rate", "robust_reads_original", "transfer_rate"])
+    vals = (["clean_acc", "shifted_acc", "eval_n"] + _cols(rows, "robust_worst[") + _cols(rows, "pgd_gap[")
+            + _cols(rows, "robust_acc[") + ["hit_rate", "robust_reads_original", "transfer_rate"]
+            + (["ensemble_keeps"] if any("ensemble_keeps" in r for r in rows) else []))
     return seed_summary(rows, GROUP, vals)
 
 
@@ -267,15 +298,23 @@ def _base_key(rec: dict) -> tuple:
     size = rec["train_size"]
     if isinstance(size, float) and math.isnan(size):
         size = object()  # NaN == NaN is False in the comparison this replaces: match nothing
-    return size, rec["target_arch"], rec["eval_stage"]
+    return size, rec["target_arch"], rec.get("features"), rec["eval_stage"]
+
+
+def _n(rec: dict) -> int:
+    """The number of test images a summary group was scored on (every evaluation of a group has the same)."""
+    return int(max(rec["eval_n_values"]))
 
 
 def claims(summ, num_classes: int) -> list[dict]:
     """The paper's claims checked on this sweep's numbers (means over seeds): D_R more and D_NR less robust than
     a clean model trained on the same number of real images (largest ball's worst case), D_rand and D_det above
-    chance on the true labels. Each: {claim, here, paper, holds, seeds}; ``seeds``: how many of the (set seed,
-    baseline seed) pairs, or of the seeds, agree with the claim (from the summary's ``<col>_values``), e.g.
-    "4/4 pairs"."""
+    chance on the true labels; the Distill controls: D_wallace above chance (Wallace) and D_det_bugs not above it
+    (Nakkiran). Each: {claim, here, paper, holds, seeds, ci, clear}; ``seeds``: how many of the
+    (set seed, baseline seed) pairs, or of the seeds, agree with the claim (from the summary's ``<col>_values``),
+    e.g. "4/4 pairs"; ``ci``: the 95% bootstrap interval of the difference or of the accuracy over seeds (whole
+    chains where the sweep has ``chains:``) and test-set sampling (:mod:`sweeper.report.stats`); ``clear``:
+    whether that interval lies wholly on the claimed side (of 0, or of chance)."""
     recs = summ.to_dict("records")
     worst = [c[:-len("_mean")] for c in summ.columns if c.startswith("robust_worst[") and c.endswith("_mean")]
     out = []
@@ -297,6 +336,7 @@ def claims(summ, num_classes: int) -> list[dict]:
                 if base is None or math.isnan(r[f"{col}_mean"]):
                     continue
                 d = r[f"{col}_mean"] - base[f"{col}_mean"]
+                lo, hi = stats.diff_ci(r[f"{col}_values"], _n(r), base[f"{col}_values"], _n(base))
                 pairs = [(a, b) for a in r[f"{col}_values"] for b in base[f"{col}_values"]]
                 out.append({"claim": f"{ts} ({r['model_stage']}) {'more' if sign > 0 else 'less'} robust than the "
                                      f"same-size clean baseline ({base['model_stage']}, n={r['train_size']}), "
@@ -304,37 +344,64 @@ def claims(summ, num_classes: int) -> list[dict]:
                             "here": f"{_pm(r, col)} vs {_pm(base, col)}: {100 * d:+.1f} points",
                             "paper": paper, "holds": sign * d > 0,
                             "seeds": f"{sum(sign * (a - b) > 0 for a, b in pairs)}/{len(pairs)} pairs" if pairs
-                            else None})
+                            else None,
+                            "ci": f"[{100 * lo:+.1f}, {100 * hi:+.1f}] points", "ci_low": lo, "ci_high": hi,
+                            "clear": lo > 0 if sign > 0 else hi < 0})
     chance = 1.0 / max(num_classes, 1)
     for ts, paper in (("D_rand", "63.3% (CIFAR-10)"), ("D_det", "43.7% (CIFAR-10)")):
         for r in (r for r in recs if r["train_set"] == ts):
             extra = f"; hit rate {_pm(r, 'hit_rate')}" if r.get("hit_rate_count") else ""
             accs = r["clean_acc_values"]
-            out.append({"claim": f"{ts} ({r['model_stage']}, {r['target_arch']}) above chance "
-                                 f"({100 * chance:.0f}%) on the true test labels",
-                        "here": _pm(r, "clean_acc") + extra, "paper": paper,
+            lo, hi = stats.mean_ci(accs, _n(r))
+            probe = bool(r.get("features"))  # a linear probe on a robust model's features: Goh's leakage test
+            out.append({"claim": f"{ts} ({r['model_stage']}, {_arch(r)}) {'leaks, ' if probe else ''}"
+                                 f"above chance ({100 * chance:.0f}%) on the true test labels",
+                        "here": _pm(r, "clean_acc") + extra, "paper": GOH_LEAKAGE[ts] if probe else paper,
                         "holds": r["clean_acc_mean"] > chance,
-                        "seeds": f"{sum(a > chance for a in accs)}/{len(accs)} seeds" if accs else None})
+                        "seeds": f"{sum(a > chance for a in accs)}/{len(accs)} seeds" if accs else None,
+                        "ci": f"[{100 * lo:.1f}, {100 * hi:.1f}]%", "ci_low": lo, "ci_high": hi,
+                        "clear": lo > chance})
+    # the Distill discussion's controls: relabelling a weak model's errors, unperturbed, still teaches (Wallace);
+    # a D_det whose perturbations an ensemble of other models does not read teaches almost nothing (Nakkiran)
+    for ts, sign, paper in (("D_wallace", 1, "49.7% (Wallace, CIFAR-10)"),
+                            ("D_det_bugs", -1, "2.5-2.8% (Nakkiran, CIFAR-10)")):
+        for r in (r for r in recs if r["train_set"] == ts and not r.get("features")):
+            accs = r["clean_acc_values"]
+            lo, hi = stats.mean_ci(accs, _n(r))
+            extra = (f"; hit rate {_pm(r, 'hit_rate')}" if r.get("hit_rate_count") else "") + (
+                f"; ensemble keeps the true label on {_pm(r, 'ensemble_keeps')}" if r.get("ensemble_keeps_count")
+                else "")  # a low hit rate: mostly unperturbed images with shifted labels, a vacuous "not above"
+            above = r["clean_acc_mean"] > chance
+            out.append({"claim": f"{ts} ({r['model_stage']}, {_arch(r)}) "
+                                 f"{'above' if sign > 0 else 'not above'} chance ({100 * chance:.0f}%) on the true "
+                                 "test labels",
+                        "here": _pm(r, "clean_acc") + extra, "paper": paper,
+                        "holds": above if sign > 0 else not above,
+                        "seeds": f"{sum((a > chance) == (sign > 0) for a in accs)}/{len(accs)} seeds" if accs
+                        else None,
+                        "ci": f"[{100 * lo:.1f}, {100 * hi:.1f}]%", "ci_low": lo, "ci_high": hi,
+                        "clear": lo > chance if sign > 0 else hi <= chance})
     return out
 
 
 def markdown(plan: Plan, rows: list[dict], transfers: list[dict], pictures: dict | None = None,
-             num_classes: int = 10, summ=None) -> str:
+             num_classes: int = 10, summ=None, after_claims: str = "") -> str:
     """report.md: the claims, the mean over seeds, every evaluation, then the Figure 2 / Table 1 analogues
     beside the paper's numbers, the evaluation's strength and the pictures of the constructed sets.
-    ``summ``: ``summary(rows)`` when the caller has it already."""
+    ``summ``: ``summary(rows)`` when the caller has it already; ``after_claims``: a section to put right after
+    the claims table (the Distill controls)."""
     ref = paper_reference()
     robust_cols = _cols(rows, "robust_acc[")
     lines = [f"# sweeper report: {plan.sweep.name}", "", plan.sweep.description or "", "",
              f"Dataset: {plan.sweep.data.dataset}; evaluated on {rows[0]['eval_n'] if rows else 0} test images.", ""]
     if rows:
-        lines += _summary_lines(summary(rows) if summ is None else summ, rows, num_classes)
+        lines += _summary_lines(summary(rows) if summ is None else summ, rows, num_classes, after_claims)
     lines += ["## Every evaluation", ""]
     head = ["model", "train set", "n", "arch", "clean", "shifted (y+1)"] + robust_cols + ["hit rate",
             "robust model reads original", "transfer to independent model"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model_label"], r["train_set"], str(r["train_size"]), r["target_arch"], _pct(r["clean_acc"]),
+        cells = [r["model_label"], r["train_set"], str(r["train_size"]), _arch(r), _pct(r["clean_acc"]),
                  _pct(r["shifted_acc"])] + [_pct(r.get(c)) for c in robust_cols] + [
                  _pct(r["hit_rate"]), _pct(r["robust_reads_original"]), _pct(r["transfer_rate"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -344,7 +411,7 @@ def markdown(plan: Plan, rows: list[dict], transfers: list[dict], pictures: dict
               "| train set | paper clean | paper robust | here clean | here robust (" +
               ", ".join(c[len('robust_acc['):-1] for c in robust_cols) + ") |", "|---|---|---|---|---|"]
     for pr in f2["rows"]:
-        mine = [r for r in rows if r["train_set"] == pr["train_set"]]
+        mine = [r for r in rows if r["train_set"] == pr["train_set"] and not r.get("features")]  # probes: below
         here_clean = ", ".join(_pct(r["clean_acc"]) + f" (n={r['train_size']})" for r in mine) or "-"
         here_rob = "; ".join("/".join(_pct(r.get(c)) for c in robust_cols) for r in mine) or "-"
         lines.append(f"| {pr['train_set']} | {_pct(pr['clean_acc'])} | {_pct(pr['robust_acc'])} | {here_clean} | "
@@ -353,11 +420,24 @@ def markdown(plan: Plan, rows: list[dict], transfers: list[dict], pictures: dict
               "| train set | paper CIFAR-10 | paper Restricted ImageNet | here (true labels) | here (shifted labels) |"
               " here hit rate |", "|---|---|---|---|---|---|"]
     for pr in ref["table1"]["rows"]:
-        mine = [r for r in rows if r["train_set"] == pr["train_set"]]
+        mine = [r for r in rows if r["train_set"] == pr["train_set"] and not r.get("features")]  # probes: below
         lines.append(f"| {pr['train_set']} | {_pct(pr['cifar10'])} | {_pct(pr['restricted_imagenet'])} | "
                      + ", ".join(_pct(r["clean_acc"]) for r in mine) + " | "
                      + ", ".join(_pct(r["shifted_acc"]) for r in mine) + " | "
                      + ", ".join(_pct(r["hit_rate"]) for r in mine) + " |")
+    probes = [r for r in rows if r.get("features")]
+    if probes:
+        lines += ["", "## Feature leakage: linear probes on a frozen representation", "",
+                  "A linear classifier on the frozen penultimate representation of the model named in `features` "
+                  "(of an adversarially trained model: its robust features), trained on the set with the set's labels "
+                  "(D_rand, D_det: the relabelled targets) and scored on the true test labels: above chance, the set "
+                  "carries features that this representation reads as the true class. Goh's probe in the Distill "
+                  "discussion restricted a linear classifier to robust linear directions of pixel space instead (as "
+                  "we understand it; a narrower notion of robust feature) and read 23.5% on D_rand (leakage) and 6.8% "
+                  "on D_det (none) on CIFAR-10, chance 10%.", "",
+                  "| model | train set | features | true labels | shifted labels (y+1) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model_label']} | {r['train_set']} | {r['features']} | {_pct(r['clean_acc'])} | "
+                  f"{_pct(r['shifted_acc'])} |" for r in probes]
     if transfers:
         lines += ["", "## How other models read the relabelled sets", "",
                   "| set | probe | probe train set | reads target | reads original |", "|---|---|---|---|---|"]
@@ -392,20 +472,28 @@ def markdown(plan: Plan, rows: list[dict], transfers: list[dict], pictures: dict
     return "\n".join(lines)
 
 
-def _summary_lines(summ, rows: list[dict], num_classes: int) -> list[str]:
+def _summary_lines(summ, rows: list[dict], num_classes: int, after_claims: str = "") -> list[str]:
     worst = _cols(rows, "robust_worst[")
     gaps = _cols(rows, "pgd_gap[")
     lines = ["## The paper's claims on this sweep", ""]
     cl = claims(summ, num_classes)
     if cl:
-        lines += ["| claim | here (mean ± std over seeds) | paper | holds | seeds that agree |", "|---|---|---|---|---|"]
-        lines += [f"| {c['claim']} | {c['here']} | {c['paper']} | {'yes' if c['holds'] else '**no**'} | "
+        lines += ["| claim | here (mean ± std over seeds) | 95% interval | paper | holds | seeds that agree |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {c['claim']} | {c['here']} | {c['ci']} | {c['paper']} | "
+                  f"{('yes' if c['clear'] else 'yes, within noise') if c['holds'] else '**no**'} | "
                   f"{c['seeds'] or '-'} |" for c in cl]
         lines += ["", "Seeds that agree: for D_R and D_NR, the (set seed, baseline seed) pairs whose difference has "
-                  "the claimed sign; for D_rand and D_det, the seeds above chance. Two seeds are a spread, not a "
-                  "significance test."]
+                  "the claimed sign; for D_rand, D_det and D_wallace, the seeds above chance (D_det_bugs: not "
+                  "above). 95% interval: a bootstrap over "
+                  "the seeds (whole chains where the sweep sets `chains:`, else the retraining seeds only) and over "
+                  "test-set sampling (each accuracy redrawn as Binomial(n, acc) / n); a difference resamples both "
+                  "sides independently, which is conservative (they share the test images). \"yes, within "
+                  "noise\": the mean has the claimed sign but the interval reaches the other side."]
     else:
         lines += ["(no D_R, D_NR, D_rand or D_det evaluation with a same-size baseline yet)"]
+    if after_claims:
+        lines += after_claims.rstrip("\n").split("\n")
     head = ["model", "train set", "n", "arch", "seeds", "clean", "shifted (y+1)"] + [
         f"robust {_ball_label(c)} (worst case)" for c in worst] + ["hit rate", "transfer rate"]
     lines += ["", "## Mean ± std over seeds", "",
@@ -414,7 +502,7 @@ def _summary_lines(summ, rows: list[dict], num_classes: int) -> list[str]:
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summ.to_dict("records"):
         lines.append("| " + " | ".join([r["model_stage"], r["train_set"] or "-", str(r["train_size"]),
-                                        r["target_arch"], str(len(r["seeds"]))]
+                                        _arch(r), str(len(r["seeds"]))]
                                        + [_pm(r, "clean_acc"), _pm(r, "shifted_acc")] + [_pm(r, c) for c in worst]
                                        + [_pm(r, "hit_rate"), _pm(r, "transfer_rate")]) + " |")
     if gaps:
@@ -479,6 +567,8 @@ def pictures(plan: Plan, store: Store, n: int = 8, *,
     out = {}
     for nd in nodes:
         t = store.load_tensors(nd.key)
+        if len(t["y"]) == 0:  # a wrong_labels set whose source got its whole pool right: nothing to draw
+            continue
         pick = torch.as_tensor(pick_examples(len(t["y"]), n), dtype=torch.long)
         inversion = nd.spec.method == "inversion"
         idx = t["index"][pick]
@@ -521,7 +611,8 @@ def figures(rows: list[dict], transfers: list[dict], summ=None) -> dict[str, byt
     if len(f2):
         out["figure2.png"] = bar_with_errors(f2, value_cols=["clean_acc"] + worst,
                                              label_cols=["train_set", "model_stage", "train_size"], title=title)
-    t1, title = _first_groups(summ[summ["train_set"].isin(["D", "D_rand", "D_det"])],
+    t1, title = _first_groups(summ[summ["train_set"].isin(["D", "D_rand", "D_det", "D_rand_bugs", "D_det_bugs",
+                                                                "D_wallace"])],
                               "Table 1 analogue: true-label and shifted-label (y+1) accuracy")
     if len(t1):
         out["table1.png"] = bar_with_errors(t1, value_cols=["clean_acc", "shifted_acc"],
@@ -530,6 +621,71 @@ def figures(rows: list[dict], transfers: list[dict], summ=None) -> dict[str, byt
     if len({p["arch"] for p in pts}) >= 2:
         out["figure3.png"] = transfer_figure(pts)  # the paper's CIFAR-10 points are in report.md, not on this axis
     return out
+
+
+# ------------------------------------------------------------------------------------ fourier
+MAX_FOURIER_PANELS = 24  # heatmaps drawn in fourier.png (the first, in plan order); fourier.json lists every node
+FOURIER_FIELDS = ("clean_error", "mean_error", "low_freq_error", "high_freq_error")
+
+
+def fourier_rows(plan: Plan, store: Store, *, _reads: _Reads | None = None) -> list[dict]:
+    """One entry per finished fourier node, in plan order: the model it probed (``model_label``, ``train_set``
+    as :meth:`Plan.train_set` names it, ``arch``, ``seed``), the noise (``eps``: L2 norm per channel, ``n``
+    test images) and the heatmap's summaries (``clean_error``, ``mean_error``, ``low_freq_error``,
+    ``high_freq_error``: :func:`sweeper.science.fourier.band_errors`)."""
+    reads = _reads or _Reads(store)
+    nodes = _done_nodes(plan, reads, "fourier")
+    reads.prefetch(n.key for n in nodes)
+    out = []
+    for node in nodes:
+        m = reads.meta(node.key)
+        reads.forget([node.key])
+        model = plan.nodes[node.inputs["model"]]
+        out.append({"fourier_key": node.key, "fourier_stage": node.stage, "fourier_label": node.label,
+                    "model_key": model.key, "model_stage": model.stage, "model_label": model.label,
+                    "train_set": plan.train_set(model), "arch": model.spec.arch, "seed": model.spec.seed,
+                    "eps": m["eps"], "n": m["n"], **{k: m[k] for k in FOURIER_FIELDS}, "bands": m.get("bands")})
+    return out
+
+
+def fourier_png(store: Store, entries: list[dict]) -> bytes | None:
+    """fourier.png: the heatmaps of the first MAX_FOURIER_PANELS ``entries`` (:func:`fourier_rows`) side by side
+    on one colour scale, each titled with its model's training set and arch (and label); None without any."""
+    if not entries:
+        return None
+    from sweeper.report.figures import fourier_figure
+
+    shown = entries[:MAX_FOURIER_PANELS]
+    panels = [(f"{e['train_set']} {e['arch']}\n{e['model_label']}", store.load_tensors(e["fourier_key"])["heatmap"])
+              for e in shown]
+    eps = [e["eps"] for e in shown]
+    title = "Fourier sensitivity: error under additive Fourier-basis noise (centre: low frequencies)"
+    if len(entries) > len(shown):
+        title += f"\n(the first {len(shown)} of {len(entries):,} heatmaps; fourier.json lists all)"
+    return fourier_figure(panels, eps=eps[0] if len(set(eps)) == 1 else eps, title=title)
+
+
+def fourier_markdown(entries: list[dict]) -> str:
+    """report.md's ``Fourier sensitivity`` section ('' without fourier nodes)."""
+    if not entries:
+        return ""
+    from sweeper.science.fourier import HIGH_BAND, LOW_BAND
+
+    lines = ["", "## Fourier sensitivity", "",
+             "The control of Gilmer & Hendrycks in the Distill discussion of the paper (after Yin et al. 2019): "
+             "each model's error on the first n test images under x + s * eps * U_ij, clipped to [0,1], for every "
+             "2-D Fourier basis image U_ij (a cosine of unit L2 norm, the same in every channel; s a random sign "
+             "per image). fourier.png draws the error at each frequency, the zero frequency in the centre, on one "
+             f"colour scale. Low frequencies: normalised radius <= {LOW_BAND:.2g}; high: > {HIGH_BAND:.2g} "
+             "(radius 1 = the Nyquist frequency of an axis). Clipping can leave a perturbation shorter than eps.",
+             "", "| model | train set | arch | eps | n | clean error | mean error | low-frequency error | "
+             "high-frequency error |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        lines.append(f"| {e['model_label']} | {e['train_set']} | {e['arch']} | {e['eps']:g} | {e['n']} | "
+                     f"{_pct(e['clean_error'])} | {_pct(e['mean_error'])} | {_pct(e['low_freq_error'])} | "
+                     f"{_pct(e['high_freq_error'])} |")
+    lines += ["", "![fourier](fourier.png)", ""]
+    return "\n".join(lines)
 
 
 def write_report(plan: Plan, store: Store, metas: dict[str, dict] | None = None) -> dict:
@@ -565,14 +721,23 @@ def _write_report(plan: Plan, store: Store, metas: dict[str, dict] | None) -> di
         num_classes = 10
     except ValueError:  # data.root: store not pushed (said in the note above)
         num_classes = 10
-    md = markdown(plan, rows, transfers, pics, num_classes, summ=summ) + (f"\n{note}\n" if note else "")
+    fourier = fourier_rows(plan, store, _reads=reads)
+    controls = distill.controls(summ, fourier, paper_reference()["distill"]["rows"], num_classes)
+    md = (markdown(plan, rows, transfers, pics, num_classes, summ=summ, after_claims=distill.markdown(controls))
+          + fourier_markdown(fourier) + (f"\n{note}\n" if note else ""))
     summ_csv = summ.to_csv(index=False) if rows else ""
     texts = {"results.csv": to_csv(rows), "results.json": json.dumps(rows, indent=1),
              "summary.csv": summ_csv, "transfer.csv": to_csv(transfers), "report.md": md}
+    if fourier:
+        texts["fourier.json"] = json.dumps(fourier, indent=1)
+    if controls:
+        texts["distill.json"] = json.dumps(controls, indent=1)
     for name, text in texts.items():
         store.write_bytes(f"{base}/{name}", text.encode())
         written[name] = store.path(base, name)
-    for name, png in {**figures(rows, transfers, summ=summ), **pics}.items():
+    fourier_pic = fourier_png(store, fourier)
+    for name, png in {**figures(rows, transfers, summ=summ), **pics,
+                      **({"fourier.png": fourier_pic} if fourier_pic else {})}.items():
         store.write_bytes(f"{base}/{name}", png)
         written[name] = store.path(base, name)
     return written

@@ -63,6 +63,22 @@ class NodeRun:
         if metrics:
             self._call(lambda: self.run.summary.update(wandb_names(metrics)), "summary")
 
+    def image(self, name: str, render) -> None:
+        """An image in the run (``name`` mapped by :func:`wandb_name`): ``render()`` returns its PNG bytes and is
+        called only when the run is open (no W&B, no drawing)."""
+        if self.run is None:
+            return
+
+        def log():
+            import io
+
+            import wandb
+            from PIL import Image
+
+            self.run.log({wandb_name(name): wandb.Image(Image.open(io.BytesIO(render())), caption=name)})
+
+        self._call(log, "image")
+
     def _call(self, fn, what: str) -> None:
         if self.run is None:
             return
@@ -128,19 +144,23 @@ def _synthesis_settings(plan, synth) -> dict:
     p = synth.spec
     attack = getattr(p, "attack", None) if p.method == "relabel" else None
     return {"set_kind": plan.set_kind(synth), "source_arch": plan.nodes[synth.inputs["source"]].spec.arch,
-            "synth_method": p.method, "synth_norm": attack.norm if attack else "l2",
+            "synth_method": p.method, "synth_norm": attack.norm if attack else "l2" if p.inversion else None,
             "synth_eps": attack.eps if attack else None,
-            "synth_steps": attack.steps if attack else p.inversion.steps, "synth_size": p.size}
+            "synth_steps": attack.steps if attack else p.inversion.steps if p.inversion else None,
+            "synth_size": p.size}
 
 
 def panel_config(plan, node) -> dict:
     """The flat config keys dashboards group and filter by (sweeper.report.dashboard reads these names):
 
-    - synthesize: ``set_kind`` (D_R/D_NR/D_rand/D_det), ``source_arch`` and the ``synth_*`` settings;
+    - synthesize: ``set_kind`` (D_R/D_NR/D_rand/D_det/D_det_bugs/D_rand_bugs/D_wallace, ``Plan.set_kind``),
+      ``source_arch`` and the ``synth_*`` settings;
     - transfer: ``probe_arch``, ``probe_train_set`` (the probe model's), and the probed set's as above;
     - train: ``train_size`` and, on a synthesized set, that set's settings;
     - evaluate: the evaluated model's ``model_seed``, ``train_set``, ``train_size`` and the settings of the
-      synthesized set it was trained on (``synth_norm``, ``synth_eps``, ``synth_steps``, ``synth_size``...).
+      synthesized set it was trained on (``synth_norm``, ``synth_eps``, ``synth_steps``, ``synth_size``...);
+    - train and evaluate: ``features``, a linear probe's features model as results.csv names it
+      (``robust (D_adv)``; None for every other model).
     Every key is present on every run of its kind (None where it does not apply), so a panel's axis exists."""
     none = dict.fromkeys(("set_kind", "source_arch", "synth_method", "synth_norm", "synth_eps", "synth_steps",
                           "synth_size"))
@@ -154,10 +174,11 @@ def panel_config(plan, node) -> dict:
     if model is None or model.kind != "train":
         return {}
     out = {**none, "model_seed": model.spec.seed, "train_set": plan.train_set(model),
-           "train_size": getattr(model.spec, "train_size", None)}
+           "train_size": getattr(model.spec, "train_size", None), "features": plan.features_of(model)}
     if "data" in model.inputs:
         synth = _synthesis_settings(plan, plan.nodes[model.inputs["data"]])
-        out.update(synth, train_size=synth["synth_size"])
+        # a wrong_labels set keeps only the source's errors among its pool: its size is known once it is made
+        out.update(synth, train_size=None if synth["synth_method"] == "wrong_labels" else synth["synth_size"])
     return out
 
 
@@ -266,13 +287,14 @@ def tracked(plan, node, store, mode: str | None = None):
         run.finish()
 
 
-REPORT_FIGURES = ("figure2", "table1", "figure3")  # the report's PNGs the report run logs, besides example grids
+REPORT_FIGURES = ("figure2", "table1", "figure3", "fourier")  # the report's PNGs the report run logs, besides
+# example grids
 FIGURE3_COLUMNS = ("arch", "seed", "transfer_rate", "d_det_acc")
 
 
 def report_media(plan, store) -> dict[str, str]:
     """{W&B media key: the store path of its PNG} for the images the report run logs: the report's figures
-    (``figure2``, ``table1``, ``figure3``, those it drew) and an example grid per synthesized set it drew
+    (``figure2``, ``table1``, ``figure3``, ``fourier``, those it drew) and an example grid per synthesized set it drew
     (``examples/<set label>``, from ``examples_<label>.png``), in that order."""
     base = f"reports/{plan.sweep.name}"
     out = {name: f"{base}/{name}.png" for name in REPORT_FIGURES if store.exists(f"{base}/{name}.png")}

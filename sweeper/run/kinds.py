@@ -9,10 +9,13 @@ Outputs per kind (``<store>/nodes/<key>``):
   train       tensors: the model's state dict; meta: arch, per-epoch history, final test accuracy
   synthesize  tensors: x, y (the new labels), orig_y, index (each image's index in the training split),
               start_index (the training-split index of the image its synthesis started from: the image itself
-              for relabel, the other image for inversion from other_image, -1 from noise), hit or dist;
-              meta: hit rate / mean feature distance
+              for relabel and wrong_labels, the other image for inversion from other_image, -1 from noise), hit
+              or dist, with an ensemble keep and keep_each; meta: hit rate (and ensemble_keeps) / mean feature
+              distance / wrong_labels: pool_size, kept, labels_differ (its set has fewer images than the pool)
   evaluate    tensors: per-example flags; meta: clean, shifted-label and robust accuracies per attack
   transfer    meta: how often the probe model reads the target / the original label on the synthesized set
+  fourier     tensors: heatmap (H, W), the error at each centred frequency; meta: eps, size, n, clean_error,
+              mean_error, low_freq_error, high_freq_error (sweeper.science.fourier)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -31,10 +34,10 @@ from sweeper.science import data_store
 from sweeper.science import models
 from sweeper.science.data import Dataset
 from sweeper.science.evaluation import evaluate
-from sweeper.sweep.plan import Node, Plan, seed_for
+from sweeper.sweep.plan import Node, Plan, ensemble_keys, seed_for
 from sweeper.sweep.schema import DataSpec
 from sweeper.store.store import Store, provenance
-from sweeper.science.synthesis import invert, relabel, start_points
+from sweeper.science.synthesis import invert, relabel, start_points, wrong_labels
 from sweeper.science.training import train
 
 Progress = Callable[[dict], None]  # numbers as they come: an epoch's row, a finished shard's metrics
@@ -73,12 +76,24 @@ def new_model(arch: str, ds: Dataset, seed: int) -> torch.nn.Module:
                         std=ds.std).to(device())
 
 
+def new_probe(store: Store, features: str, data: DataSpec, ds: Dataset, seed: int) -> models.Probe:
+    """A linear probe (``features:``) on the stored model ``features``, frozen, with a fresh head seeded by
+    ``seed`` (see :class:`sweeper.science.models.Probe` for what "robust features" means here)."""
+    extractor = load_model(store, features, data)
+    torch.manual_seed(seed)
+    return models.probe(extractor, ds.num_classes).to(device())
+
+
 def load_model(store: Store, key: str, data: DataSpec) -> torch.nn.Module:
-    """A trained model from the store, in eval mode."""
+    """A trained model from the store, in eval mode. A probe's artifact holds its frozen extractor's weights
+    too (meta ``features``: the features model's key and arch), so it loads without its features node."""
     meta, state = store.load(key)  # one read of the node's manifest for both
     ds = data_store.load_split(data, "train")
-    model = models.build(meta["arch"], num_classes=ds.num_classes, in_shape=tuple(ds.x.shape[1:]),
-                         mean=ds.mean, std=ds.std)
+    feats = meta.get("features")
+    model = models.build(feats["arch"] if feats else meta["arch"], num_classes=ds.num_classes,
+                         in_shape=tuple(ds.x.shape[1:]), mean=ds.mean, std=ds.std)
+    if feats:
+        model = models.probe(model, ds.num_classes)
     model.load_state_dict(state)
     if len(ds.x.shape) == 4:  # images: channels_last convolutions, ~1.5x faster input gradients on CPU (measured)
         model.to(memory_format=torch.channels_last)
@@ -96,6 +111,8 @@ def _meta(node: Node, t0: float, **fields) -> dict:
 # ---------------------------------------------------------------------------------------------- train
 def run_train(node: Node, ctx: Context, progress: Optional[Progress] = None) -> dict:
     """Train a model (standard or adversarial) on real data or on a synthesized set; resumable per epoch.
+    With a ``features`` input the model is a linear probe on that model's frozen representation
+    (:func:`new_probe`): only its head trains.
 
     Every epoch scores the first HISTORY_TEST_SIZE test images; with ``node.robust_curve`` the first ``size``
     of them are also attacked every ``every`` epochs and at the last one (``robust_acc`` in the epoch's row;
@@ -107,9 +124,14 @@ def run_train(node: Node, ctx: Context, progress: Optional[Progress] = None) -> 
     if "data" in node.inputs:
         t = store.load_tensors(node.inputs["data"])
         x, y = t["x"], t["y"]
+        if len(y) == 0:  # a wrong_labels set whose source got every pool image right
+            raise ValueError(f"{node.label}: the synthesized set it trains on ({node.inputs['data']}) has no "
+                             "images (a wrong_labels source that misclassified none of its pool); expected a "
+                             "weaker source or a larger size")
     else:
         x, y, _ = data_store.real_subset(ctx.data, "train", spec.train_size, ctx.seed)
-    model = new_model(spec.arch, ds, spec.seed)
+    feats = node.inputs.get("features")  # a linear probe on that model's frozen representation
+    model = new_probe(store, feats, ctx.data, ds, spec.seed) if feats else new_model(spec.arch, ds, spec.seed)
     x_te, y_te = (t.to(device()) for t in data_store.test_set(ctx.data, ctx.seed))
     x_cu, y_cu = (x_te[:curve.size], y_te[:curve.size]) if curve else (None, None)
     x_te, y_te = x_te[:HISTORY_TEST_SIZE], y_te[:HISTORY_TEST_SIZE]
@@ -132,7 +154,8 @@ def run_train(node: Node, ctx: Context, progress: Optional[Progress] = None) -> 
                     resume=checkpoints.load(store, node.key, node.label, ctx.warn), on_epoch=on_epoch)
     model.eval()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = _meta(node, t0, arch=spec.arch, n_train=int(len(y)), history=history,
+    probe = {"features": {"key": feats, "arch": store.load_meta(feats)["arch"]}} if feats else {}
+    meta = _meta(node, t0, arch=spec.arch, n_train=int(len(y)), history=history, **probe,
                  test_acc=history[-1]["test_acc"] if history else None,
                  robust_curve=({"attack": curve.attack.name(), "size": int(len(y_cu)), "every": curve.every}
                                if curve is not None else None))
@@ -153,16 +176,28 @@ def synth_inputs(node: Node, ctx: Context):
 
 def shard_metrics(meta: dict) -> dict:
     """A finished shard's numbers, as logged (``shard/index``, ``shard/n``, ...)."""
-    keys = ("index", "n", "images_per_s", "hit_rate", "attack_loss", "mean_dist")
+    keys = ("index", "n", "images_per_s", "hit_rate", "attack_loss", "mean_dist", "ensemble_keeps", "kept")
     return {f"shard/{k}": meta[k] for k in keys if k in meta}
 
 
+def load_ensemble(store: Store, node: Node, data: DataSpec) -> list[torch.nn.Module]:
+    """A synthesis node's ensemble models (its inputs ``ensemble0``, ``ensemble1``...; [] without one), in eval
+    mode: the models Nakkiran's bugs-only attack keeps at the true labels."""
+    return [load_model(store, k, data) for k in ensemble_keys(node)]
+
+
 def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Module, ctx: Context,
-              worker: Optional[dict] = None) -> dict:
+              worker: Optional[dict] = None, ensemble: Sequence[torch.nn.Module] = ()) -> dict:
     """Synthesize images [start, stop) of a node's inputs into shard ``index`` of the ``ctx.shard_size``
     partition; idempotent (a shard already in the store is kept). Randomness: seed_for(sweep seed, key, index).
-    ``worker``: where it ran (e.g. the actor's pid and Ray node), kept in the shard's metadata."""
+    ``worker``: where it ran (e.g. the actor's pid and Ray node), kept in the shard's metadata. ``ensemble``:
+    the node's ensemble models (:func:`load_ensemble`), required when it has one. A wrong_labels shard keeps
+    only the images of [start, stop) that the source misclassifies (possibly none); its meta's ``n`` counts the
+    pool images it examined, ``kept`` those it kept."""
     store, spec = ctx.store, node.spec
+    if len(ensemble) != len(ensemble_keys(node)):
+        raise ValueError(f"{node.label}: synthesis needs its {len(ensemble_keys(node))} ensemble model(s) "
+                         f"(got {len(ensemble)}); load them with load_ensemble")
     if store.has_shard(node.key, index, size=ctx.shard_size):
         return {"index": index, "skipped": True, "n": stop - start}
     x_all, y_all, idx_all = synth_inputs(node, ctx)
@@ -171,12 +206,21 @@ def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Mod
     x, y = x_all[start:stop].to(dev), y_all[start:stop].to(dev)
     gen = torch.Generator().manual_seed(seed_for(ctx.seed, node.key, index))
     t0 = time.time()
+    index_ = idx_all[start:stop].clone()
     if spec.method == "relabel":
         out = relabel(model, x, y, policy=spec.targets, num_classes=ds.num_classes, attack=spec.attack,
-                      bounds=ds.bounds, generator=gen)
+                      bounds=ds.bounds, generator=gen, ensemble=ensemble)
         tensors = {"x": out["x"], "y": out["y"], "orig_y": out["orig_y"], "hit": out["hit"].to(torch.uint8),
-                   "start_index": idx_all[start:stop].clone()}
+                   "start_index": index_.clone()}
         stats = {"hit_rate": float(out["hit"].float().mean()), "attack_loss": float(out["loss"].mean())}
+        if ensemble:
+            tensors.update(keep=out["keep"].to(torch.uint8), keep_each=out["keep_each"].to(torch.uint8))
+            stats["ensemble_keeps"] = float(out["keep"].float().mean())
+    elif spec.method == "wrong_labels":
+        out = wrong_labels(model, x, y)
+        index_ = index_[out["wrong"].cpu()]
+        tensors = {"x": out["x"], "y": out["y"], "orig_y": out["orig_y"], "start_index": index_.clone()}
+        stats = {"kept": int(out["wrong"].sum())}
     else:
         x0, pos = start_points(x_all, len(y), spec.inversion.start, generator=gen, exclude=torch.arange(start, stop))
         z, dist = invert(model, x, x0.to(dev), spec.inversion, bounds=ds.bounds)
@@ -184,7 +228,7 @@ def run_shard(node: Node, index: int, start: int, stop: int, model: torch.nn.Mod
         start_index = torch.where(pos >= 0, idx_all[pos.clamp_min(0)], torch.full_like(pos, -1))
         tensors = {"x": z, "y": y.clone(), "orig_y": y.clone(), "dist": dist, "start_index": start_index}
         stats = {"mean_dist": float(dist.mean())}
-    tensors["index"] = idx_all[start:stop].clone()
+    tensors["index"] = index_
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"index": index, "start": start, "stop": stop, "n": stop - start, "wall_s": time.time() - t0,
             "images_per_s": (stop - start) / max(time.time() - t0, 1e-9), **stats,
@@ -205,6 +249,14 @@ def finish_synthesis(node: Node, n_shards: int, ctx: Context, t0: float) -> dict
         stats["hit_rate"] = float(tensors["hit"].float().mean())
     if "dist" in tensors:
         stats["mean_dist"] = float(tensors["dist"].mean())
+    if "keep" in tensors:  # bugs-only relabelling: how often the ensemble still reads the true label
+        stats["ensemble_keeps"] = float(tensors["keep"].float().mean())
+        stats["ensemble_keeps_each"] = [float(v) for v in tensors["keep_each"].float().mean(dim=0)]
+    if node.spec.method == "wrong_labels":  # the pool examined, what was kept, checked on the merged tensors
+        pool = sum(int(m["n"]) for _, m in parts)
+        kept = int(len(tensors["y"]))
+        stats.update(pool_size=pool, kept=kept, source_error_rate=kept / pool if pool else None,
+                     labels_differ=bool((tensors["y"] != tensors["orig_y"]).all()))
     meta = _meta(node, t0, method=node.spec.method, n=int(len(tensors["y"])), shards=n_shards, **stats,
                  shard_meta=[m for _, m in parts], shard_size=int(size))
     store.save(node.key, meta=meta, tensors=tensors)
@@ -218,9 +270,10 @@ def run_synthesize(node: Node, ctx: Context, progress: Optional[Progress] = None
     t0 = time.time()
     n = len(synth_inputs(node, ctx)[1])
     model = load_model(ctx.store, node.inputs["source"], ctx.data)
+    ensemble = load_ensemble(ctx.store, node, ctx.data)
     ranges = shard_ranges(n, ctx.shard_size)
     for i, (a, b) in enumerate(ranges):
-        m = run_shard(node, i, a, b, model, ctx)
+        m = run_shard(node, i, a, b, model, ctx, ensemble=ensemble)
         if progress is not None:
             progress(shard_metrics(m))
     return finish_synthesis(node, len(ranges), ctx, t0)
@@ -263,6 +316,46 @@ def run_transfer(node: Node, ctx: Context, progress: Optional[Progress] = None) 
     return meta
 
 
+# -------------------------------------------------------------------------------------------- fourier
+FOURIER_BATCH = 2048  # images per forward pass of a Fourier heatmap (several frequencies stacked)
+FOURIER_METRICS = ("mean_error", "clean_error", "low_freq_error", "high_freq_error")
+
+
+def run_fourier(node: Node, ctx: Context, progress: Optional[Progress] = None) -> dict:
+    """Fourier sensitivity of one model (:func:`sweeper.science.fourier.fourier_heatmap`): its error on the
+    first ``size`` images of the sweep's test subset under ``s * eps * U_{i,j}`` at every frequency, the sign
+    ``s`` per image seeded by seed_for(sweep seed, key). Stores the (H, W) heatmap (centred frequencies) and
+    its summaries (:func:`~sweeper.science.fourier.band_errors`) beside the clean error."""
+    from sweeper.science.fourier import HIGH_BAND, LOW_BAND, band_errors, fourier_heatmap
+
+    t0 = time.time()
+    spec = node.spec
+    model = load_model(ctx.store, node.inputs["model"], ctx.data)
+    x, y = data_store.test_set(ctx.data, ctx.seed)
+    x, y = x[:spec.size].to(device()), y[:spec.size].to(device())
+    with torch.no_grad():
+        clean = float(torch.cat([(model(x[i:i + FOURIER_BATCH]).argmax(1) != y[i:i + FOURIER_BATCH])
+                                 for i in range(0, len(y), FOURIER_BATCH)]).float().mean())
+    gen = torch.Generator().manual_seed(seed_for(ctx.seed, node.key))
+    heat = fourier_heatmap(model, x, y, spec.eps, batch_size=FOURIER_BATCH, generator=gen)
+    meta = _meta(node, t0, model=node.inputs["model"], n=int(len(y)), eps=spec.eps, size=spec.size,
+                 shape=list(heat.shape), clean_error=clean, **band_errors(heat),
+                 bands={"low": f"radius <= {LOW_BAND:.4g}", "high": f"radius > {HIGH_BAND:.4g}"})
+    ctx.store.save(node.key, meta=meta, tensors={"heatmap": heat.float().contiguous()})
+    return meta
+
+
+def fourier_images(node: Node, ctx: Context, meta: dict) -> dict:
+    """The heatmap as a picture for W&B (``fourier_heatmap``), drawn only when asked (a W&B run is open)."""
+    def render() -> bytes:
+        from sweeper.report.figures import fourier_figure
+
+        heat = ctx.store.load_tensors(node.key)["heatmap"]
+        return fourier_figure([(node.label, heat)], eps=meta["eps"])
+
+    return {"fourier_heatmap": render}
+
+
 def eval_metrics(meta: dict) -> dict:
     """An evaluation's final numbers under results.csv's column names (``robust_acc[<attack>]``,
     ``robust_worst[<ball>]``); W&B receives them renamed by ``tracking.wandb_name``."""
@@ -291,8 +384,14 @@ def eval_curve(meta: dict) -> list[dict]:
 
 
 def _synth_summary(meta: dict) -> str:
-    what = (f"hit rate {meta['hit_rate']:.3f}" if "hit_rate" in meta
-            else f"mean feature distance {meta['mean_dist']:.3f}")
+    if "pool_size" in meta:
+        what = f"kept the {meta['kept']} of {meta['pool_size']} pool images the source gets wrong"
+    elif "hit_rate" in meta:
+        what = f"hit rate {meta['hit_rate']:.3f}"
+        if "ensemble_keeps" in meta:
+            what += f", ensemble keeps the true label on {meta['ensemble_keeps']:.3f}"
+    else:
+        what = f"mean feature distance {meta['mean_dist']:.3f}"
     return f"{meta['n']} images, {meta['shards']} shards, {what}"
 
 
@@ -306,6 +405,7 @@ class Kind:
     unit: str
     engine: str                       # where run_plan_ray runs it: "pool" (synthesis actors), "tune", "driver"
     history: Callable[[dict], list] = lambda m: []  # meta -> rows logged to W&B after the run (evaluate: vs eps)
+    images: Optional[Callable[[Node, Context, dict], dict]] = None  # -> {W&B name: () -> PNG bytes} (fourier)
 
 
 KINDS: dict[str, Kind] = {
@@ -313,7 +413,8 @@ KINDS: dict[str, Kind] = {
                   lambda m: f"test acc {m['test_acc']:.3f}" + (f", robust {m['history'][-1]['robust_acc']:.3f} "
                                                                "(curve subset)" if m.get("robust_curve") else ""),
                   lambda n, c: n.spec.train.epochs, "epoch", "tune"),
-    "synthesize": Kind(run_synthesize, lambda m: {k: m[k] for k in ("n", "hit_rate", "mean_dist") if k in m},
+    "synthesize": Kind(run_synthesize, lambda m: {k: m[k] for k in ("n", "hit_rate", "mean_dist", "ensemble_keeps",
+                                                                      "pool_size", "kept") if k in m},
                        _synth_summary, lambda n, c: len(synth_inputs(n, c)[1]), "img", "pool"),
     "evaluate": Kind(run_evaluate, eval_metrics,
                      lambda m: f"clean {m['clean_acc']:.3f} " + " ".join(f"{r['attack']} {r['acc']:.3f}"
@@ -322,6 +423,11 @@ KINDS: dict[str, Kind] = {
     "transfer": Kind(run_transfer, lambda m: {"target_rate": m["target_rate"], "original_rate": m["original_rate"]},
                      lambda m: f"reads target {m['target_rate']:.3f}, original {m['original_rate']:.3f}",
                      lambda n, c: 1, "node", "driver"),
+    "fourier": Kind(run_fourier, lambda m: {k: m[k] for k in FOURIER_METRICS},
+                    lambda m: (f"clean error {m['clean_error']:.3f}, Fourier noise eps {m['eps']:g}: mean error "
+                               f"{m['mean_error']:.3f} (low frequencies {m['low_freq_error']:.3f}, high "
+                               f"{m['high_freq_error']:.3f})"),
+                    lambda n, c: 1, "node", "tune", images=fourier_images),
 }
 
 
@@ -333,7 +439,8 @@ def advance(event: dict) -> int:
 def execute(node: Node, ctx: Context, wb, progress: Optional[Progress] = None, run=None) -> dict:
     """Run one node: ``run`` (default: its kind's; the actor pool passes its own) with every progress event
     logged to ``wb`` (a tracking.NodeRun; epoch rows at their epoch) and passed on to ``progress``; the kind's
-    history rows (evaluate: accuracy against eps) and final numbers go to ``wb``. Returns the node's meta."""
+    history rows (evaluate: accuracy against eps), images (fourier: the heatmap) and final numbers go to ``wb``.
+    Returns the node's meta."""
     kind = KINDS[node.kind]
 
     def on(event: dict) -> None:
@@ -344,5 +451,7 @@ def execute(node: Node, ctx: Context, wb, progress: Optional[Progress] = None, r
     meta = (run or kind.run)(node, ctx, on)
     for row in kind.history(meta):
         wb.log(row)
+    for name, render in (kind.images(node, ctx, meta) if kind.images else {}).items():
+        wb.image(name, render)
     wb.summary(kind.metrics(meta))
     return meta

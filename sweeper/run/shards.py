@@ -26,13 +26,15 @@ import ray
 
 from sweeper.run import kinds
 from sweeper.errors import ShardFailed, StoreIOError
+from sweeper.sweep.plan import ensemble_keys
 from sweeper.sweep.schema import DataSpec
 from sweeper.store.store import Store
 
 
 @ray.remote(max_restarts=0)
 class SynthesisWorker:
-    """Holds one source model at a time; ``run`` synthesizes one shard into the store (kinds.run_shard)."""
+    """Holds one source model (with its node's ensemble models, if any) at a time; ``run`` synthesizes one shard
+    into the store (kinds.run_shard)."""
 
     def __init__(self, store_uri: str, data: DataSpec, sweep_seed: int, threads: int = 1):
         import torch
@@ -41,17 +43,20 @@ class SynthesisWorker:
         self.store, self.data, self.seed = Store(store_uri), data, sweep_seed
         self._model_key = None
         self._model = None
+        self._ensemble = []
         import os
 
         self.where = {"pid": os.getpid(), "ray_node": ray.get_runtime_context().get_node_id()}
 
     def run(self, node, index: int, start: int, stop: int, shard_size: int) -> dict:
-        source = node.inputs["source"]
-        if self._model_key != source:
-            self._model = kinds.load_model(self.store, source, self.data)
-            self._model_key = source
+        models = _models(node)
+        if self._model_key != models:
+            self._model = kinds.load_model(self.store, node.inputs["source"], self.data)
+            self._ensemble = kinds.load_ensemble(self.store, node, self.data)
+            self._model_key = models
         ctx = kinds.Context(self.data, self.seed, self.store, shard_size)
-        return kinds.run_shard(node, index, start, stop, self._model, ctx, worker=self.where)
+        return kinds.run_shard(node, index, start, stop, self._model, ctx, worker=self.where,
+                               ensemble=self._ensemble)
 
     def pid(self) -> int:
         import os
@@ -59,12 +64,17 @@ class SynthesisWorker:
         return os.getpid()
 
 
+def _models(node) -> tuple[str, ...]:
+    """The keys of the models a synthesis node's shards read: its source, then its ensemble (if any)."""
+    return (node.inputs["source"], *ensemble_keys(node))
+
+
 class _Job:
     """One node's shards: those waiting, their attempts, the results, and who waits for them."""
 
     def __init__(self, node, n_images: int, shard_size: int, on_shard):
         self.node, self.shard_size, self.on_shard = node, shard_size, on_shard
-        self.source = node.inputs["source"]
+        self.source = _models(node)  # what an actor must hold to run its shards
         self.todo = deque(enumerate(kinds.shard_ranges(n_images, shard_size)))
         self.total = len(self.todo)
         self.attempts = {i: 0 for i, _ in self.todo}

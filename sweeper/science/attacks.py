@@ -4,14 +4,15 @@
 L2 or Linf attack and for representation inversion (``synthesis.invert``: a feature-distance loss on the
 unconstrained threat, as in the authors' robustness library). :func:`pgd` adds random starts, restarts and
 best-iterate tracking; :func:`perturb` runs an :class:`~sweeper.sweep.schema.AttackConfig` whatever its method (PGD
-here, the AutoAttack-class methods in ``sweeper.science.aa``). Steps follow the robustness library (L2:
+here, the AutoAttack-class methods in ``sweeper.science.aa``); :func:`keep_labels` is the loss of Nakkiran's
+bugs-only attack (``pgd(..., ensemble=, keep=)``). Steps follow the robustness library (L2:
 normalised-gradient step, renorm onto the ball, clamp to the box; Linf: signed step, clamp).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,27 @@ def margin(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "margin": margin}
+
+
+def keep_labels(loss_fn: LossFn, ensemble: Sequence[nn.Module], keep: Tensor) -> LossFn:
+    """Nakkiran's bugs-only loss ("Adversarial examples are just bugs, too", Distill 2019):
+    ``loss_fn(model, x, t) + mean_i loss_fn(f_i, x, keep)`` over the ``ensemble`` models f_i.
+
+    Targeted PGD minimises it: the source ``model`` is pushed toward the targets t while every ensemble model
+    is held at the labels ``keep`` (the true labels), so the perturbation is one the source reads and models
+    trained independently do not (a "bug" of the source rather than a feature the models share). With
+    ``loss_fn`` margin both terms are margins (target's for the source, the kept label's for the ensemble).
+    ``keep``: (N,) labels, one per example of the batch the returned loss is called on."""
+    members = list(ensemble)
+    if not members:
+        raise ValueError("keep_labels: the ensemble is empty; expected at least one model")
+    keep = keep.detach()
+
+    def loss(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        held = torch.stack([loss_fn(f, x, keep) for f in members]).mean(dim=0)
+        return loss_fn(model, x, t) + held
+
+    return loss
 
 
 def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -96,7 +118,8 @@ def descend(model: nn.Module, x0: Tensor, y: Tensor, loss_fn: LossFn, threat: Th
 
 
 def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn: LossFn | None = None,
-        bounds=(0.0, 1.0), generator: torch.Generator | None = None) -> Tensor:
+        bounds=(0.0, 1.0), generator: torch.Generator | None = None, ensemble: Sequence[nn.Module] = (),
+        keep: Tensor | None = None) -> Tensor:
     r"""PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks'
     [https://arxiv.org/abs/1706.06083]
 
@@ -116,6 +139,10 @@ def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn: Loss
             None -> ``LOSSES[cfg.loss]``. (Default: None)
         bounds (tuple[float, float] | None): pixel box; None -> no box. (Default: (0.0, 1.0))
         generator (torch.Generator | None): randomness of random starts. (Default: None)
+        ensemble (sequence of nn.Module): targeted only: models that must keep the labels ``keep`` (Nakkiran's
+            bugs-only attack): the loss becomes :func:`keep_labels` of it; they run in eval mode too, modes
+            restored after. Restarts still rank by the source reaching the target first. (Default: ())
+        keep (Tensor | None): (N,) the labels the ensemble keeps (the true labels); required with ``ensemble``.
 
     Shape:
         - x: :math:`(N, C, H, W)` in [0,1] (any (N, ...) works, e.g. (N, D) for the toy).
@@ -125,13 +152,20 @@ def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn: Loss
     if not isinstance(cfg, AttackConfig):
         raise TypeError(f"cfg must be an AttackConfig, got {type(cfg).__name__}")
     loss_fn = LOSSES[cfg.loss] if loss_fn is None else loss_fn
+    ensemble = list(ensemble)
+    if ensemble:
+        if not targeted or keep is None:
+            raise ValueError("pgd: an ensemble needs a targeted attack and the labels it keeps (keep=)")
+        loss_fn = keep_labels(loss_fn, ensemble, keep.to(x.device))
     threat = make_threat(cfg.norm, cfg.eps, bounds)
     sign = -1.0 if targeted else 1.0  # ascend on sign * loss
     x = x.detach()
     y = y.detach().to(x.device)
     track = cfg.keep_best or cfg.restarts > 1
 
-    with eval_mode(model):
+    with eval_mode(model), contextlib.ExitStack() as modes:
+        for f in ensemble:
+            modes.enter_context(eval_mode(f))
         best_x = best_score = best_hit = None
         for _ in range(cfg.restarts):
             start = threat.random_start(x, generator) if cfg.random_start else x.clone()
@@ -164,16 +198,22 @@ def pgd(model, x, y, cfg: AttackConfig, *, targeted: bool = False, loss_fn: Loss
 
 
 def perturb(model, x, y, cfg: AttackConfig, *, targets: Tensor | None = None, bounds=(0.0, 1.0),
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None, ensemble: Sequence[nn.Module] = ()) -> Tensor:
     """Adversarial images for ``x`` (true labels ``y``) under ``cfg``: untargeted, or toward ``targets``.
 
     ``cfg.method`` pgd runs :func:`pgd`; any other method runs ``sweeper.science.aa.run_attack``, seeded from
-    ``generator`` (one draw). Output: same shape as x, detached.
+    ``generator`` (one draw). ``ensemble``: models that keep ``y`` while the source moves to ``targets``
+    (Nakkiran's bugs-only attack, :func:`keep_labels`; PGD and targets only). Output: same shape as x, detached.
     """
+    ensemble = list(ensemble)
+    if ensemble and (cfg.method != "pgd" or targets is None):
+        raise ValueError(f"perturb: an ensemble needs a targeted PGD attack (got method {cfg.method!r}, "
+                         f"targets {'given' if targets is not None else 'None'})")
     if cfg.method == "pgd":
         if targets is None:
             return pgd(model, x, y, cfg, bounds=bounds, generator=generator)
-        return pgd(model, x, targets, cfg, targeted=True, bounds=bounds, generator=generator)
+        return pgd(model, x, targets, cfg, targeted=True, bounds=bounds, generator=generator, ensemble=ensemble,
+                   keep=torch.as_tensor(y) if ensemble else None)
     from sweeper.science.aa import run_attack  # torchattacks, imported only when such an attack runs
 
     seed = 0 if generator is None else int(torch.randint(2 ** 31 - 1, (1,), generator=generator,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["SweeperModel", "build", "available", "registry"]
+__all__ = ["SweeperModel", "Probe", "build", "probe", "available", "registry"]
 
 
 class SweeperModel(nn.Module):
@@ -42,6 +42,60 @@ class SweeperModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.representation(x))
+
+
+class Probe(nn.Module):
+    """A linear probe: ``forward(x) = head(extractor.representation(x))``, the extractor frozen.
+
+    What sweeper calls "robust features" in a probe (a train stage with ``features:``): the penultimate-layer
+    activations of the adversarially trained model the stage names, i.e. ``representation(x)``, the very
+    representation a D_R synthesis inverts (``synthesis.feature_distance``), with that model's weights and
+    batch-norm statistics frozen. A probe trained on D_rand or D_det (with their relabelled targets) and
+    scored on the true test labels measures how much of those sets' signal the robust model's features
+    still carry: the robust-feature-leakage test of Goh's Distill comment ("Two examples of useful,
+    non-robust features"), where D_rand leaked (above chance) and D_det much less.
+
+    How this differs from Goh's construction, as far as we understand it: Goh restricted a *linear*
+    classifier to robust *linear* directions of the input (pixel) space; here the features are a nonlinear
+    robust model's learned representation, a broader notion of robust feature. It can read more than Goh's
+    probe could: a D_det image whose perturbation moves the robust model's features of the target class (a
+    targeted attack on a standard model may do that too) leaks through it, so a higher number here than in
+    Goh's setting does not by itself contradict his result.
+
+    Frozen means: ``requires_grad`` is off for every extractor parameter (an optimizer over
+    ``p for p in parameters() if p.requires_grad`` holds the head's only), and the extractor stays in eval mode
+    whatever ``train()`` is called with (no batch-norm statistic updates, no dropout). Gradients still flow
+    through it to the input, so attacks on the probe attack the composite image -> features -> head.
+    """
+
+    def __init__(self, extractor: nn.Module, num_classes: int):
+        super().__init__()
+        if not callable(getattr(extractor, "representation", None)) or not hasattr(extractor, "feature_dim"):
+            raise TypeError(f"a probe needs a model with representation() and feature_dim (got "
+                            f"{type(extractor).__name__})")
+        self.extractor = extractor.requires_grad_(False)
+        self.head = nn.Linear(int(extractor.feature_dim), int(num_classes))
+        self.in_shape = tuple(extractor.in_shape)
+        self.feature_dim = int(extractor.feature_dim)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Probe":
+        """Only the head follows ``mode``; the extractor is kept in eval mode (``eval()`` calls this too)."""
+        self.training = bool(mode)
+        self.head.train(mode)
+        self.extractor.eval()
+        return self
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor.representation(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.representation(x))
+
+
+def probe(extractor: nn.Module, num_classes: int) -> Probe:
+    """A :class:`Probe` on ``extractor`` with a fresh head (seed torch beforehand for a reproducible head)."""
+    return Probe(extractor, num_classes)
 
 
 # --------------------------------------------------------------------------------------- small nets

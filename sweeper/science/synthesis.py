@@ -1,5 +1,8 @@
 """Constructing the training sets of Ilyas et al. 2019: relabelled adversarial examples (D_rand, D_det)
-and representation inversion (D_R, D_NR), both as PGD (:func:`sweeper.science.attacks.descend`)."""
+and representation inversion (D_R, D_NR), both as PGD (:func:`sweeper.science.attacks.descend`); and two
+controls of the Distill discussion: relabelling by a bugs-only attack that an ensemble of other models does
+not read (Nakkiran: :func:`relabel` with ``ensemble``), and real images a weak model gets wrong, labelled with
+its wrong prediction and not perturbed (Wallace: :func:`wrong_labels`)."""
 
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ def choose_targets(y, policy: str, num_classes: int, generator=None) -> Tensor:
     raise ValueError(f"unknown target policy {policy!r}; expected 'random' or 'deterministic'")
 
 
-def relabel(model, x, y, *, policy, num_classes, attack: AttackConfig, bounds=(0.0, 1.0), generator=None) -> dict:
+def relabel(model, x, y, *, policy, num_classes, attack: AttackConfig, bounds=(0.0, 1.0), generator=None,
+            ensemble=()) -> dict:
     """A targeted attack toward chosen targets; the new label is the target.
 
     Arguments:
@@ -49,19 +53,52 @@ def relabel(model, x, y, *, policy, num_classes, attack: AttackConfig, bounds=(0
         x (Tensor): (N,C,H,W) in [0,1]; y (Tensor): (N,) true labels.
         policy (str): "random" | "deterministic" (see :func:`choose_targets`).
         attack (AttackConfig): the targeted attack (eps in pixel units).
+        ensemble (sequence of nn.Module): Nakkiran's bugs-only attack: PGD on the source's loss toward the
+            target plus the mean loss of these models on the true labels
+            (:func:`sweeper.science.attacks.keep_labels`); () -> the ordinary attack. (Default: ())
 
     Returns:
         {"x": x_adv, "y": targets, "orig_y": y, "hit": (N,) bool, model(x_adv).argmax == target (eval mode),
-         "loss": (N,) cross-entropy of model(x_adv) toward the target}
+         "loss": (N,) cross-entropy of model(x_adv) toward the target}; with an ensemble also
+        "keep_each": (N, len(ensemble)) bool, member i predicts y on x_adv, and "keep": (N,) bool, every member
+        does.
     """
+    ensemble = list(ensemble)
+    y = torch.as_tensor(y).to(x.device)
     targets = choose_targets(y, policy, num_classes, generator).to(x.device)
-    x_adv = perturb(model, x, torch.as_tensor(y).to(x.device), attack, targets=targets, bounds=bounds,
-                    generator=generator)
+    x_adv = perturb(model, x, y, attack, targets=targets, bounds=bounds, generator=generator, ensemble=ensemble)
     with eval_mode(model), torch.no_grad():
         logits = model(x_adv)
         hit = logits.argmax(dim=1) == targets
         loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-    return {"x": x_adv, "y": targets, "orig_y": torch.as_tensor(y).to(x.device), "hit": hit, "loss": loss}
+    out = {"x": x_adv, "y": targets, "orig_y": y, "hit": hit, "loss": loss}
+    if ensemble:
+        each = []
+        for f in ensemble:
+            with eval_mode(f), torch.no_grad():
+                each.append(f(x_adv).argmax(dim=1) == y)
+        out["keep_each"] = torch.stack(each, dim=1)
+        out["keep"] = out["keep_each"].all(dim=1)
+    return out
+
+
+def wrong_labels(model, x, y) -> dict:
+    """Wallace's distillation control ("Learning from incorrectly labeled data", Distill 2019): the images
+    among ``x`` that ``model`` misclassifies, unperturbed, labelled with its (wrong) prediction.
+
+    Arguments:
+        model (nn.Module): the (weak) source model, images -> logits; run in eval mode, modes restored after.
+        x (Tensor): (N,...) real images; y (Tensor): (N,) their true labels.
+
+    Returns:
+        {"x": the kept images (the very values of x), "y": the model's predictions on them (all != orig_y),
+         "orig_y": their true labels, "wrong": (N,) bool, which of the N images were kept}
+    """
+    y = torch.as_tensor(y).to(x.device)
+    with eval_mode(model), torch.no_grad():
+        pred = model(x).argmax(dim=1)
+    wrong = pred != y
+    return {"x": x[wrong], "y": pred[wrong], "orig_y": y[wrong], "wrong": wrong}
 
 
 def start_points(x_pool, n, mode: str, generator=None, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from sweeper.sweep.data_id import identity
-from sweeper.errors import DataNotFoundError
-from sweeper.sweep.schema import (KINDS, AttackConfig, EvaluateStage, Stage, Sweep, SynthesizeStage, TrainStage,
-                     TransferStage)
+from sweeper.errors import DataNotFoundError, SpecError
+from sweeper.sweep.schema import (CHAIN_STRIDE, KINDS, AttackConfig, EvaluateStage, Stage, Sweep, SynthesizeStage, TrainStage,
+                     TransferStage, FourierStage)
 from sweeper.sweep.spec import dumps_point, topo_order
 
 CODE_VERSION = "1"
 # routing fields: represented by the input keys, so they do not enter the key
-_ROUTING = {"from_", "models"}
+_ROUTING = {"from_", "models", "features", "ensemble"}
 
 
 @contextmanager
@@ -114,9 +114,10 @@ class Plan:
         return c
 
     def train_set(self, node: Node) -> Optional[str]:
-        """What a train node (or the model an evaluate node scores) was trained on: D or D_adv (real data,
-        standard / adversarial training), D_R, D_NR, D_rand or D_det; None for other nodes."""
-        if node.kind == "evaluate":
+        """What a train node (or the model an evaluate or fourier node scores) was trained on: D or D_adv (real
+        data, standard / adversarial training), D_R, D_NR, D_rand, D_det, D_det_bugs, D_rand_bugs or D_wallace
+        (:meth:`set_kind`); None for other nodes."""
+        if node.kind in ("evaluate", "fourier"):
             node = self.nodes[node.inputs["model"]]
         if node.kind != "train":
             return None
@@ -124,20 +125,44 @@ class Plan:
             return "D_adv" if node.spec.adversarial else "D"
         return self.set_kind(self.nodes[node.inputs["data"]])
 
+    def features_node(self, node: Node) -> Optional[Node]:
+        """The features model of a probe (a train node with ``features:``, or the probe an evaluate node
+        scores); None for every other node."""
+        if node.kind == "evaluate":
+            node = self.nodes[node.inputs["model"]]
+        if node.kind != "train" or "features" not in node.inputs:
+            return None
+        return self.nodes[node.inputs["features"]]
+
+    def features_of(self, node: Node) -> Optional[str]:
+        """What a probe reads (see :meth:`features_node`): the features model's stage and train set, e.g.
+        ``robust (D_adv)``; None for every other node. The stage, not the label: probes of the seeds of one
+        features stage are one setting (the report's ``features`` column groups them; ``features_label`` and
+        the grid point tell them apart)."""
+        feats = self.features_node(node)
+        return None if feats is None else f"{feats.stage} ({self.train_set(feats)})"
+
     def set_kind(self, synth: Node) -> str:
-        """What the synthesized set ``synth`` is: D_det / D_rand (relabelled), D_R / D_NR (inverted from an
-        adversarially / a standardly trained source)."""
+        """What the synthesized set ``synth`` is: D_det / D_rand (relabelled), D_det_bugs / D_rand_bugs
+        (relabelled by Nakkiran's bugs-only attack, with an ``ensemble`` that keeps the true labels), D_wallace
+        (``wrong_labels``: real images the source gets wrong, labelled with its prediction), D_R / D_NR (inverted
+        from an adversarially / a standardly trained source)."""
         if synth.spec.method == "relabel":
-            return "D_det" if synth.spec.targets == "deterministic" else "D_rand"
+            kind = "D_det" if synth.spec.targets == "deterministic" else "D_rand"
+            return f"{kind}_bugs" if synth.spec.ensemble else kind
+        if synth.spec.method == "wrong_labels":
+            return "D_wallace"
         return "D_R" if self.nodes[synth.inputs["source"]].spec.adversarial else "D_NR"
 
     def describe(self, node: Node) -> dict:
         """A node's readable settings, for Tune's trial config and W&B: label, kind, stage, train_set and arch
         (of the model it trains or scores), the attack it runs (``attack``: its name; norm, eps, steps; train:
         adversarial training's, synthesize: relabelling's, evaluate: the first of ``attacks``, all named in
-        ``attacks``), ``synthesis`` (relabel | inversion), seed."""
+        ``attacks``; fourier: norm l2 and the noise's eps), ``synthesis`` (relabel | inversion), seed,
+        ``features`` (a probe's: :meth:`features_of`)."""
         s = node.spec
-        model = {"train": node, "evaluate": self.nodes.get(node.inputs.get("model", ""))}.get(node.kind)
+        scored = self.nodes.get(node.inputs.get("model", ""))
+        model = {"train": node, "evaluate": scored, "fourier": scored}.get(node.kind)
         attack = {"train": getattr(s, "adversarial", None), "synthesize": getattr(s, "attack", None),
                   "evaluate": (getattr(s, "attacks", None) or [None])[0]}.get(node.kind)
         inversion = getattr(s, "inversion", None)
@@ -146,9 +171,12 @@ class Plan:
                "attack": attack.name() if attack else None, "norm": attack.norm if attack else None,
                "eps": attack.eps if attack else None,
                "steps": attack.steps if attack else inversion.steps if inversion else None,
-               "synthesis": getattr(s, "method", None), "seed": getattr(s, "seed", self.sweep.seed)}
+               "synthesis": getattr(s, "method", None), "seed": getattr(s, "seed", self.sweep.seed),
+               "features": self.features_of(node)}
         if node.kind == "evaluate":
             out["attacks"] = [a.name() for a in s.attacks]
+        if node.kind == "fourier":  # the noise's L2 norm (per channel), not an attack's
+            out.update(norm="l2", eps=s.eps)
         return out
 
     def _table(self, nodes, done) -> list[str]:
@@ -200,9 +228,13 @@ class Plan:
         return "\n".join(lines)
 
 
-def _with_seed(model: Stage, sweep: Sweep) -> Stage:
-    if "seed" in type(model).model_fields and model.seed is None:
-        return model.model_copy(update={"seed": sweep.seed})
+def _with_seed(model: Stage, sweep: Sweep, chain: int = 0) -> Stage:
+    """The stage model with its seed resolved: its own, else the sweep's; chain k (``chains:``) adds
+    CHAIN_STRIDE * k, so chain 0 is the sweep as written (its keys do not depend on ``chains``)."""
+    if "seed" in type(model).model_fields:
+        seed = (model.seed if model.seed is not None else sweep.seed) + CHAIN_STRIDE * chain
+        if seed != model.seed:
+            return model.model_copy(update={"seed": seed})
     return model
 
 
@@ -253,7 +285,7 @@ def _build_plan(sweep: Sweep, data: dict) -> Plan:
     plan = Plan(sweep=sweep, data=data)
     data_json, version = _dumps(data), _dumps(CODE_VERSION)
     drafts: dict[str, _Draft] = {}  # key -> node being built, in topological order
-    by_stage: dict[str, dict[str, None]] = {}  # stage -> its node keys, in order of first appearance
+    by_stage: dict[str, dict[str, None]] = {}  # stage -> its node keys in the chain being built, in order
     full: dict[str, dict] = {}  # key -> point with every key prefixed by its stage (for downstream nodes)
     params: dict[int, tuple[Stage, str]] = {}  # id(spec) -> (spec, its params JSON); the spec keeps the id alive
     labels: dict[tuple[str, int], tuple[dict, str]] = {}  # (stage, id(own)) -> (own, its label)
@@ -284,27 +316,9 @@ def _build_plan(sweep: Sweep, data: dict) -> Plan:
             full[key] = {**up, **{f"{stage}.{k}": v for k, v in own.items()}}
         by_stage.setdefault(stage, {})[key] = None
 
-    for name in topo_order(sweep):
-        for own, model in sweep.points[name]:
-            spec = _with_seed(model, sweep)
-            if isinstance(model, TrainStage):
-                if model.from_ is None:
-                    add(name, "train", spec, {}, own)
-                for u in by_stage.get(model.from_, ()) if model.from_ else ():
-                    add(name, "train", spec, {"data": u}, own)
-            elif isinstance(model, SynthesizeStage):
-                for u in by_stage[model.from_]:
-                    add(name, "synthesize", spec, {"source": u}, own)
-            elif isinstance(model, EvaluateStage):
-                for src in model.sources:
-                    scoring = spec.model_copy(update={"from_": src})  # one per source, shared by its nodes
-                    for u in by_stage[src]:
-                        add(name, "evaluate", scoring, {"model": u}, own)
-            elif isinstance(model, TransferStage):
-                for s in by_stage[model.from_]:
-                    for m in model.models:
-                        for u in by_stage[m]:
-                            add(name, "transfer", spec, {"data": s, "model": u}, own)
+    for chain in range(sweep.chains):
+        by_stage = {}  # the chain's own: `add` reads the name when it runs
+        _add_chain(sweep, chain, by_stage, add)
     _unique_labels(drafts)
     curve = _robust_curves(sweep, drafts.values())
     for key, d in drafts.items():
@@ -312,6 +326,73 @@ def _build_plan(sweep: Sweep, data: dict) -> Plan:
             d.robust_curve = curve(d)
         plan.nodes[key] = Node(**{f: getattr(d, f) for f in _Draft.__slots__})
     return plan
+
+
+def _add_chain(sweep: Sweep, chain: int, by_stage: dict, add) -> None:
+    """Every stage's nodes of one whole-chain seed (``chain``), linked to the same chain's upstream nodes; the
+    nodes of chain k > 0 carry ``chain: k`` in their point (and so in their labels)."""
+    for name in topo_order(sweep):
+        for own, model in sweep.points[name]:
+            spec = _with_seed(model, sweep, chain)
+            if chain:
+                own = {**own, "chain": chain}
+            if isinstance(model, TrainStage):
+                # a probe (``features:``): one per node of the features stage (and per set of ``from``)
+                for f in by_stage[model.features] if model.features else (None,):
+                    probe = {"features": f} if f else {}  # the role only when set: other keys unchanged
+                    if model.from_ is None:
+                        add(name, "train", spec, probe, own)
+                    for u in by_stage.get(model.from_, ()) if model.from_ else ():
+                        add(name, "train", spec, {"data": u, **probe}, own)
+            elif isinstance(model, SynthesizeStage):
+                ensemble = _ensemble_inputs(sweep, name, model, by_stage)  # {} without an ensemble: keys unchanged
+                for u in by_stage[model.from_]:
+                    if u in ensemble.values():
+                        raise SpecError(sweep.source, f"stages.{name}.ensemble", f"an ensemble model is the source "
+                                        f"model itself (stage {model.from_!r} computes the same node as one of "
+                                        f"{model.ensemble}: identical settings and seed); expected independently "
+                                        "trained models: give the ensemble stages their own seeds")
+                    add(name, "synthesize", spec, {"source": u, **ensemble}, own)
+            elif isinstance(model, EvaluateStage):
+                for src in model.sources:
+                    scoring = spec.model_copy(update={"from_": src})  # one per source, shared by its nodes
+                    for u in by_stage[src]:
+                        add(name, "evaluate", scoring, {"model": u}, own)
+            elif isinstance(model, FourierStage):
+                for src in model.sources:
+                    probing = spec.model_copy(update={"from_": src})  # one per source, shared by its nodes
+                    for u in by_stage[src]:
+                        add(name, "fourier", probing, {"model": u}, own)
+            elif isinstance(model, TransferStage):
+                for s in by_stage[model.from_]:
+                    for m in model.models:
+                        for u in by_stage[m]:
+                            add(name, "transfer", spec, {"data": s, "model": u}, own)
+
+
+def ensemble_keys(node: Node) -> list[str]:
+    """The input keys of a synthesis node's ensemble (roles ``ensemble0``, ``ensemble1``... in the order of its
+    ``ensemble:`` list); [] for every other node."""
+    return [node.inputs[f"ensemble{i}"] for i in range(len(getattr(node.spec, "ensemble", None) or ()))]
+
+
+def _ensemble_inputs(sweep: Sweep, name: str, model: SynthesizeStage, by_stage: dict) -> dict[str, str]:
+    """The inputs ``ensemble0``, ``ensemble1``... of a synthesize stage with ``ensemble:`` (in the same chain):
+    each ensemble stage must have exactly one node, and the ensemble's models must be distinct (a stage whose
+    settings and seed equal another's computes the same node: not an independent model). SpecError otherwise."""
+    out: dict[str, str] = {}
+    for i, stage in enumerate(model.ensemble):
+        keys = list(by_stage.get(stage, ()))
+        if len(keys) != 1:
+            raise SpecError(sweep.source, f"stages.{name}.ensemble.{i}", f"ensemble stage {stage!r} has "
+                            f"{len(keys)} models (grid points or upstream sets); expected exactly one per "
+                            "ensemble stage: list one stage per model, without grids")
+        if keys[0] in out.values():
+            raise SpecError(sweep.source, f"stages.{name}.ensemble.{i}", f"ensemble stage {stage!r} computes the "
+                            "same model as an earlier ensemble stage (identical settings and seed); expected "
+                            "independently trained models: give each its own seed")
+        out[f"ensemble{i}"] = keys[0]
+    return out
 
 
 def _unique_labels(nodes: dict) -> None:

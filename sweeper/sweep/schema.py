@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 ARCHS = ("small_cnn", "wide_cnn", "resnet_small", "mlp", "linear", "resnet18", "resnet50", "vgg16", "densenet121",
          "airbench")
 Arch = Literal[ARCHS]
-KINDS = ("train", "synthesize", "evaluate", "transfer")
+KINDS = ("train", "synthesize", "evaluate", "transfer", "fourier")
 AutoOrCount = Union[Literal["auto"], Annotated[int, Field(ge=1)]]  # "auto", or a whole number >= 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # sweep and stage names (ASCII only: they become paths and labels)
 
@@ -30,6 +30,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # sweep and stage names (ASCII onl
 # the tighter per-dataset eps bounds of ``eps_limit`` are checked by sweeper.sweep.spec, which knows the dataset.
 MAX_EPS = 1000.0        # any eps or attack/inversion step size, any dataset (the toy's features are not pixels)
 MAX_GRID_POINTS = 10_000  # default of run.max_grid_points: grid points summed over all stages
+MAX_CHAINS = 100          # whole-chain seeds (``chains:``)
+CHAIN_STRIDE = 1000       # chain k adds CHAIN_STRIDE * k to every stage's seed
 IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
@@ -271,6 +273,27 @@ class TrainStage(_Strict):
     adversarial: Optional[AttackConfig] = Field(None, description="adversarial training against this PGD attack "
                                                                   "(null: standard training)")
     seed: Optional[int] = Field(None, description="the stage's seed (null: the sweep's seed)")
+    features: Optional[str] = Field(None, description=(
+        "a train stage, normally the adversarially trained source: train a linear probe (needs arch: linear) on "
+        "that model's frozen representation instead of on pixels. Robust features here = the penultimate-layer "
+        "activations of that model (the representation a D_R synthesis inverts), its weights and batch-norm "
+        "statistics frozen; only the linear head trains (with adversarial: against attacks on the whole image -> "
+        "features -> head). Goh's robust-feature-leakage probe (Distill discussion) restricted a linear classifier "
+        "to robust linear directions of pixel space; a nonlinear robust model's representation is a broader "
+        "notion, so a D_det image whose perturbation moves robust features of its target class can leak through "
+        "it. Combines with from (D_rand, D_det: trained on their relabelled targets, scored on the true labels) or "
+        "real data; one probe per node of that stage (and per set of from). Null: an ordinary model"))
+
+    # options added after node keys existed: left out of dumps (and so of node keys) at their defaults
+    _OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("features",)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for name in self._OMIT_AT_DEFAULT:
+            if name in out and out[name] == type(self).model_fields[name].default:
+                del out[name]
+        return out
 
     @model_validator(mode="after")
     def _size_xor_from(self):
@@ -283,9 +306,13 @@ class SynthesizeStage(_Strict):
     kind: Literal["synthesize"] = Field(description="synthesize: build a training set from a model")
     from_: str = Field(alias="from",                  # a train stage: the source model
                        description="a train stage: its model is the source")
-    method: Literal["inversion", "relabel"] = Field(
+    method: Literal["inversion", "relabel", "wrong_labels"] = Field(
         description="inversion: invert the source's representation (D_R, D_NR); relabel: a targeted attack, "
-                    "labelled with its target (D_rand, D_det)")
+                    "labelled with its target (D_rand, D_det; with ensemble: D_det_bugs, D_rand_bugs); "
+                    "wrong_labels: Wallace's distillation control (D_wallace): of the first `size` images of the "
+                    "seeded permutation of the training set, keep only those the source misclassifies, "
+                    "unperturbed, labelled with its wrong prediction (so the set has fewer than `size` images); "
+                    "takes no attack, targets, inversion or ensemble")
     size: Optional[int] = Field(None, ge=1,          # first N of the seeded permutation (null: all)
                                 description="the first N of a seeded permutation of the training set (null: all)")
     inversion: Optional[InversionConfig] = Field(None, description="how to invert (method: inversion)")
@@ -294,6 +321,23 @@ class SynthesizeStage(_Strict):
                           "method: relabel")
     attack: Optional[AttackConfig] = Field(None, description="the targeted attack (method: relabel)")
     seed: Optional[int] = Field(None, description="the stage's seed (null: the sweep's seed)")
+    ensemble: list[str] = Field([], description=(
+        "method relabel: train stages (each with exactly one model, none of them the source) whose models must "
+        "keep the true label: PGD minimises CE(source(x), target) + mean_i CE(f_i(x), y), Nakkiran's bugs-only "
+        "attack of the Distill discussion (deterministic targets: D_det_bugs, random: D_rand_bugs); needs "
+        "attack method pgd; the set's meta records ensemble_keeps, the fraction of images every one of them "
+        "still reads as the true label. []: an ordinary relabelling"))
+
+    # options added after node keys existed: left out of dumps (and so of node keys) at their defaults
+    _OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("ensemble",)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for name in self._OMIT_AT_DEFAULT:
+            if name in out and out[name] == type(self).model_fields[name].default:
+                del out[name]
+        return out
 
     @model_validator(mode="after")
     def _method_fields(self):
@@ -302,11 +346,32 @@ class SynthesizeStage(_Strict):
                 raise ValueError("method inversion needs 'inversion'")
             if self.targets is not None or self.attack is not None:
                 raise ValueError("'targets' and 'attack' are only allowed with method: relabel")
-        else:
+        elif self.method == "relabel":
             if self.targets is None or self.attack is None:
                 raise ValueError("method relabel needs 'targets' and 'attack'")
             if self.inversion is not None:
                 raise ValueError("'inversion' is only allowed with method: inversion")
+        else:  # wrong_labels
+            given = [k for k in ("attack", "targets", "inversion") if getattr(self, k) is not None]
+            given += ["ensemble"] if self.ensemble else []
+            if given:
+                raise ValueError(f"method wrong_labels takes no {', '.join(repr(k) for k in given)} (got "
+                                 f"{' and '.join(given)}); expected only from, size and seed: it keeps the real "
+                                 "images the source misclassifies, unperturbed, labelled with its prediction")
+        if self.ensemble:
+            if self.method != "relabel":
+                raise ValueError(f"'ensemble' is only allowed with method: relabel (got method: {self.method})")
+            if self.attack.method != "pgd":
+                raise ValueError(f"'ensemble' needs attack method: pgd, whose loss carries the ensemble's term "
+                                 f"(got attack method: {self.attack.method})")
+            if self.from_ in self.ensemble:
+                raise ValueError(f"'ensemble' names the source stage {self.from_!r} (got ensemble: "
+                                 f"{self.ensemble}); expected other train stages: the source moves to the target "
+                                 "while the ensemble keeps the true label")
+            twice = sorted({e for e in self.ensemble if self.ensemble.count(e) > 1})
+            if twice:
+                raise ValueError(f"'ensemble' names {', '.join(map(repr, twice))} more than once (got ensemble: "
+                                 f"{self.ensemble}); expected each train stage once")
         return self
 
 
@@ -332,9 +397,39 @@ class TransferStage(_Strict):
                               description="train stages: the models its examples are read on")
 
 
-Stage = Annotated[Union[TrainStage, SynthesizeStage, EvaluateStage, TransferStage], Field(discriminator="kind")]
+class FourierStage(_Strict):
+    """Fourier sensitivity (Yin et al. 2019; the control of Gilmer & Hendrycks in the Distill discussion): each
+    model's error on the first ``size`` images of the sweep's test subset under additive noise ``s * eps *
+    U_{i,j}`` at every frequency (i, j), clipped to [0, 1] (:func:`sweeper.science.fourier.fourier_heatmap`)."""
+    kind: Literal["fourier"] = Field(description="fourier: a model's error under additive Fourier-basis noise of "
+                                                 "a fixed L2 norm at every frequency (a heatmap)")
+    from_: Union[str, list[str]] = Field(alias="from",  # train stages
+                                         description="a train stage or a list of them: the models to probe")
+    eps: float = Field(ge=0, le=MAX_EPS, description="the L2 norm of the noise in [0,1] pixel units, per "
+                                                     "channel (every channel gets the same basis image: an RGB "
+                                                     "image gets eps * sqrt(3) in all), before clipping to [0,1]; "
+                                                     "a number or a fraction such as \"8/255\"")
+    size: int = Field(200, ge=1, description="the first N images of the sweep's test subset (all of it when it "
+                                             "is smaller); each of the about H*W/2 frequencies costs N forward "
+                                             "passes")
+    seed: Optional[int] = Field(None, description="the stage's seed: the random sign of each image's noise "
+                                                  "(null: the sweep's seed)")
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse(cls, v):
+        return parse_eps(v)
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.from_] if isinstance(self.from_, str) else list(self.from_)
+
+
+Stage = Annotated[Union[TrainStage, SynthesizeStage, EvaluateStage, TransferStage, FourierStage],
+                  Field(discriminator="kind")]
 STAGE_MODELS: dict[str, type[BaseModel]] = {"train": TrainStage, "synthesize": SynthesizeStage,
-                                            "evaluate": EvaluateStage, "transfer": TransferStage}
+                                            "evaluate": EvaluateStage, "transfer": TransferStage,
+                                            "fourier": FourierStage}
 
 
 class SweepFile(_Strict):
@@ -343,6 +438,11 @@ class SweepFile(_Strict):
                                                                "(names its report)")
     description: Optional[str] = Field(None, description="one line saying what the sweep is for")
     seed: int = Field(0, description="picks the real-data subsets; the default seed of every stage")
+    chains: int = Field(1, ge=1, le=MAX_CHAINS, description=(
+        "whole-chain seeds: run every stage this many times, as independent chains; chain 0 is the sweep as "
+        "written, chain k re-seeds every stage (source models, synthesis, retraining, evaluation) with its seed "
+        f"+ {CHAIN_STRIDE} * k, so the report's spread and intervals cover the source models and the synthesis, "
+        "not only the retraining"))
     data: DataSpec = Field(description="the dataset (part of every node's key)")
     run: RunSpec = Field(RunSpec(), description="where and how to run (never part of a node's key)")
     stages: dict[str, dict[str, Any]] = Field(
@@ -372,3 +472,4 @@ class Sweep:
     stages: dict[str, dict[str, Any]]
     points: dict[str, list[tuple[dict, Stage]]]
     source: str
+    chains: int = 1

@@ -33,7 +33,8 @@ from sweeper.sweep.schema import KINDS, NAME_PATTERN, STAGE_MODELS, AttackConfig
 COMMITTED = "search_spaces/sweep.schema.json"  # the copy the shipped sweep files point at
 REGENERATE = f"sweeper schema > {COMMITTED}"
 
-EPS_FIELDS = {"AttackConfig": ("eps", "step_size")}  # read by parse_eps: a number or a fraction string
+# read by parse_eps: a number or a fraction string
+EPS_FIELDS = {"AttackConfig": ("eps", "step_size"), "FourierStage": ("eps",)}
 
 # Strings pydantic's lax mode reads as a number or a boolean (tests/test_schema_json.py checks them against
 # pydantic). ECMA-262 regular expressions (what editors run): no inline flags.
@@ -91,7 +92,7 @@ def generate() -> dict:
     out_defs["Stage"] = {
         "type": "object", "required": ["kind"],
         "description": "one stage: its kind and options; any value but kind may be a grid, {grid: [...]}",
-        "properties": {"kind": {"enum": list(KINDS), "description": "train | synthesize | evaluate | transfer"}},
+        "properties": {"kind": {"enum": list(KINDS), "description": " | ".join(KINDS)}},
         "allOf": stage_rules}
 
     sweep = out_defs.pop(SweepFile.__name__)
@@ -101,7 +102,7 @@ def generate() -> dict:
     schema = {"$schema": "http://json-schema.org/draft-07/schema#",
               "title": "sweeper sweep file",
               "description": "A sweep of Ilyas et al. 2019 experiments: the dataset, where to run, and the stages "
-                             "(train, synthesize, evaluate, transfer) with their grids. Generated from sweeper's "
+                             f"({', '.join(KINDS)}) with their grids. Generated from sweeper's "
                              f"pydantic models by `{REGENERATE}`; do not edit.",
               **{k: v for k, v in sweep.items() if k != "title"},
               DEFS: dict(sorted({**out_defs, **_LAX_DEFS}.items()))}
@@ -221,4 +222,11 @@ def _ref_siblings(node: Any) -> Any:
 def attack_eps_fields() -> tuple[str, ...]:
     """The fields AttackConfig parses with parse_eps (its ``mode="before"`` validator), for the test that
     EPS_FIELDS follows the model."""
-    return tuple(AttackConfig.__pydantic_decorators__.field_validators["_parse"].info.fields)
+    return eps_fields(AttackConfig)
+
+
+def eps_fields(model) -> tuple[str, ...]:
+    """The fields a model parses with parse_eps (a ``mode="before"`` field validator named ``_parse``; () for a
+    model without one), for the test that EPS_FIELDS follows the models."""
+    v = model.__pydantic_decorators__.field_validators.get("_parse")
+    return tuple(v.info.fields) if v is not None else ()

@@ -22,8 +22,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sweeper.errors import SpecError
-from sweeper.sweep.schema import (KINDS, NAME_PATTERN, STAGE_MODELS, AttackConfig,
-                     EvaluateStage, Sweep, SweepFile, SynthesizeStage, TrainStage, TransferStage, eps_limit)
+from sweeper.sweep.schema import (IMAGE_SHAPES, KINDS, NAME_PATTERN, STAGE_MODELS, AttackConfig,
+                     EvaluateStage, FourierStage, Sweep, SweepFile, SynthesizeStage, TrainStage, TransferStage,
+                     eps_limit)
 
 # Limits on the input itself, so that a small hostile or mistyped file fails in milliseconds (the number of
 # grid points has its own limit, run.max_grid_points, see schema.MAX_GRID_POINTS).
@@ -432,8 +433,9 @@ def validate(raw: Any, source: str = "<dict>") -> Sweep:
     points = {name: _expand_validate(name, top.stages[name]["kind"], raw_stage, stage_axes, source, top.data.dataset)
               for name, (raw_stage, stage_axes) in axes.items()}
     sweep = Sweep(name=top.name, description=top.description, seed=top.seed, data=top.data, run=top.run,
-                  stages=top.stages, points=points, source=source)
+                  stages=top.stages, points=points, source=source, chains=top.chains)
     _check_refs(sweep, source)
+    _check_probes(sweep, source)
     return sweep
 
 
@@ -463,6 +465,12 @@ def _expand_validate(name: str, kind: str, raw: dict, axes: list[list], source: 
             raise _convert(exc, STAGE_MODELS[kind], source, where, note) from None
         for field, attack in _attacks(model):
             _check_attack(attack, dataset, source, f"{where}.{field}", note)
+        if isinstance(model, FourierStage):
+            _check_fourier(model, dataset, source, where, note)
+        if isinstance(model, TrainStage) and model.features is not None and model.arch != "linear":
+            raise SpecError(source, f"{where}.arch", f"a probe (features: {model.features}) is a linear classifier "
+                                                     f"on that model's frozen representation (got arch: "
+                                                     f"{model.arch}); expected arch: linear{note}")
         out.append((point, model))
     return out
 
@@ -476,6 +484,21 @@ def _attacks(model: BaseModel) -> list[tuple[str, AttackConfig]]:
     if isinstance(model, EvaluateStage):
         return [(f"attacks.{i}", a) for i, a in enumerate(model.attacks)]
     return []
+
+
+def _check_fourier(model: FourierStage, dataset: str, source: str, where: str, note: str) -> None:
+    """A fourier stage needs images (the toy's features have no frequencies and no [0,1] box), and its eps,
+    the L2 norm of one channel's noise, at most the diagonal of one channel's [0,1] cube."""
+    shape = IMAGE_SHAPES.get(dataset)
+    if shape is None:
+        raise SpecError(source, f"{where}.kind", f"a fourier stage perturbs images along 2-D Fourier basis images "
+                                                 f"(got dataset: {dataset}, whose examples are feature vectors); "
+                                                 f"expected an image dataset: {', '.join(IMAGE_SHAPES)}{note}")
+    cap = math.sqrt(shape[1] * shape[2])
+    if model.eps > cap:
+        raise SpecError(source, f"{where}.eps", f"eps too large for {dataset} (got {model.eps:g}); expected at "
+                                                f"most {cap:.4g}: the diagonal of one channel's [0,1] image cube, "
+                                                f"sqrt({shape[1]}*{shape[2]}){note}")
 
 
 def _check_attack(attack: AttackConfig, dataset: str, source: str, path: str, note: str) -> None:
@@ -514,10 +537,14 @@ def _check_attack(attack: AttackConfig, dataset: str, source: str, path: str, no
 def stage_refs(model: BaseModel) -> list[tuple[str, str, tuple[str, ...]]]:
     """(field, referenced stage, allowed kinds) for one concrete stage."""
     if isinstance(model, TrainStage):
-        return [("from", model.from_, ("synthesize",))] if model.from_ else []
+        return (([("from", model.from_, ("synthesize",))] if model.from_ else [])
+                + ([("features", model.features, ("train",))] if model.features else []))
     if isinstance(model, SynthesizeStage):
-        return [("from", model.from_, ("train",))]
+        return [("from", model.from_, ("train",))] + [(f"ensemble.{i}", e, ("train",))
+                                                       for i, e in enumerate(model.ensemble)]
     if isinstance(model, EvaluateStage):
+        return [("from", s, ("train",)) for s in model.sources]
+    if isinstance(model, FourierStage):
         return [("from", s, ("train",)) for s in model.sources]
     return [("from", model.from_, ("synthesize",))] + [("models", m, ("train",)) for m in model.models]
 
@@ -543,6 +570,20 @@ def _check_refs(sweep: Sweep, source: str) -> None:
     cycle = _find_cycle(deps)
     if cycle:
         raise SpecError(source, f"stages.{cycle[0]}.from", "cycle: " + " -> ".join(cycle))
+
+
+def _check_probes(sweep: Sweep, source: str) -> None:
+    """``features:`` (a linear probe) names a train stage that is not itself a probe: a probe's representation
+    is its features model's, so a probe of a probe would read the same features again. (That it names a train
+    stage at all is :func:`_check_refs`'s; that the probe is ``arch: linear``, :func:`_expand_validate`'s.)"""
+    for name, pts in sweep.points.items():
+        for point, model in pts:
+            ref = getattr(model, "features", None) if isinstance(model, TrainStage) else None
+            if ref is not None and any(m.features is not None for _, m in sweep.points[ref]):
+                note = f" [at grid point {_show_point(point)}]" if point else ""
+                raise SpecError(source, f"stages.{name}.features", f"{ref!r} is itself a probe (it has features:); "
+                                                                   f"expected the train stage whose representation "
+                                                                   f"to probe, e.g. the one {ref!r} probes{note}")
 
 
 def _find_cycle(deps: dict[str, set[str]]) -> Optional[list[str]]:
