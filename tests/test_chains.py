@@ -79,3 +79,11 @@ def test_claims_carry_the_interval_and_say_whether_it_clears_no_effect(tmp_path)
     det = next(c for c in cl if c["claim"].startswith("D_det"))
     assert det["clear"] and 0.1 < det["ci_low"] < 0.45 and 0.51 < det["ci_high"] < 0.8, det
     assert NUMBERS[("train_d_det", 0)][0] == 0.45
+
+
+def test_a_seed_that_could_be_another_stages_chain_seed_is_refused():
+    text = SWEEP.replace("seed: 0\n", "seed: 0\nchains: 2\n", 1).replace("seed: {grid: [0, 1]}, train: {epochs: 1}}",
+                                                                         "seed: {grid: [0, 1000]}, train: {epochs: 1}}", 1)
+    with pytest.raises(spec.SpecError, match=r"stages\.baseline\.seed.*must be in \[0, 1000\)"):
+        spec.loads(text)
+    spec.loads(text.replace("chains: 2", "chains: 1"))  # one chain: any seed

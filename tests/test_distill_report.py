@@ -30,6 +30,7 @@ NUMBERS = {
     ("probe_rand", "D_rand", "robust (D_adv)", 4.0): [(0.30, {}), (0.32, {})],
     ("probe_det", "D_det", "robust (D_adv)", 1.0): [(0.35, {"hit_rate": 0.4, "reads": 0.9})] * 2,
     ("probe_det", "D_det", "robust (D_adv)", 4.0): [(0.08, {"hit_rate": 0.95, "reads": 0.47})] * 2,
+    ("probe_det", "D_det", "robust (D_adv)", 2.0): [(0.13, {"hit_rate": 0.7, "reads": 0.8})] * 2,
     ("train_d_wallace", "D_wallace", None, None): [(0.40, {}), (0.44, {})],
 }
 FOURIER = [{"train_set": "D", "high_freq_error": 0.60, "low_freq_error": 0.10},
@@ -51,8 +52,10 @@ def test_each_control_beside_the_articles_number_with_its_direction():
     bugs = by["bugs_only"][0]
     assert bugs["holds"] and bugs["clear"] and "train_d_det_bugs vs train_d_det" in bugs["setting"]
     assert "2.5-2.8%" in bugs["distill"] and "ensemble keeps y on 97.0%" in bugs["here"]
-    eps1, eps4 = by["leakage"]  # ordered by D_det's eps
+    eps1, eps2, eps4 = by["leakage"]  # ordered by D_det's eps
     assert "eps 1" in eps1["setting"] and "leaks: not clean evidence" in eps1["here"] and not eps1["holds"]
+    # above chance but below D_rand: still not the article's "not learnable from D_det"
+    assert "eps 2" in eps2["setting"] and not eps2["holds"]
     assert "eps 4" in eps4["setting"] and "clean evidence" in eps4["here"] and eps4["holds"] and eps4["clear"]
     assert "23.5%" in eps4["distill"]
     wal = by["wrong_labels"][0]
@@ -87,3 +90,26 @@ def test_no_controls_no_section():
 def test_a_probe_is_never_read_as_a_bugs_only_or_wallace_model(stage):
     rows = _controls()
     assert all(stage not in r["setting"] for r in rows if r["control"] in ("bugs_only", "wrong_labels"))
+
+
+def test_a_sweep_with_probes_keeps_its_paper_claims_right():
+    """With probes beside ordinary models (a text `features` column beside None), the ordinary D_det's claim is
+    the paper's (not a probe's), the Distill controls' claims are there, and no group reads as a probe of nan."""
+    from sweeper.report.report import _arch, claims
+
+    summ = summary(_rows(NUMBERS))
+    assert {_arch(r) for r in summ.to_dict("records")} == {"small_cnn", "linear probe of robust (D_adv)"}
+    cl = claims(summ, num_classes=10)
+    det = [c for c in cl if c["claim"].startswith("D_det (")]
+    assert len(det) == 1 and "43.7%" in det[0]["paper"] and "train_d_det" in det[0]["claim"], det
+    assert not any("probe" in c["claim"] for c in cl)
+    assert any(c["claim"].startswith("D_wallace") for c in cl) and any(c["claim"].startswith("D_det_bugs") for c in cl)
+
+
+def test_a_wallace_set_of_another_size_in_each_chain_is_one_group():
+    rows = _rows({("train_d_wallace", "D_wallace", None, None): [(0.40, {}), (0.44, {})]})
+    rows[0]["train_size"], rows[1]["train_size"] = 2800, 2650  # the weak model's errors differ by chain
+    for r in rows:
+        r["synth_pool_size"] = 5000
+    recs = summary(rows).to_dict("records")
+    assert len(recs) == 1 and recs[0]["clean_acc_count"] == 2 and recs[0]["n_trained_values"] == (2800, 2650)

@@ -1,13 +1,15 @@
 """Confidence intervals for the report's claims, over whole-chain seeds and test-set sampling.
 
-The interval of a mean accuracy is a two-level (hierarchical) bootstrap: each draw resamples the seeds with
-replacement (a seed is a chain, ``chains:``, or a retraining seed: whatever varies within the group) and then
-redraws each resampled model's accuracy on a test set of the same size, ``Binomial(n, acc) / n`` (a parametric
-bootstrap of the test sample: every image an independent draw). The 2.5th and 97.5th percentiles of the draws
-are the 95% interval. A difference (D_R against its baseline) bootstraps both sides independently; since both
-are scored on the same test images, whose errors are positively correlated, this overstates the spread of the
-difference: the interval is conservative. With two or three seeds the seed level rests on very few values:
-the interval is then mostly the test-sample part and should be read as a lower bound on the real spread."""
+The interval of a mean accuracy is a two-level bootstrap: each draw resamples the group's values with
+replacement (one per model: the retraining seeds of every chain, ``chains:``, pooled; chains are not resampled
+as units), then redraws their mean on a test set of the same size, ``Binomial(n, mean) / n`` (a parametric
+bootstrap of the test sample). One test-sample draw for the whole group, not one per model: every model of a
+group is scored on the same test images, whose errors are strongly correlated, and independent draws would
+shrink the test-sample spread of the mean by up to sqrt(k); one shared draw treats them as fully correlated,
+which errs wide. The 2.5th and 97.5th percentiles of the draws are the 95% interval. A difference (D_R
+against its baseline) bootstraps both sides independently; since both are scored on the same test images,
+this too overstates the spread of the difference: conservative. With two or three seeds the seed level rests
+on very few values, so the interval understates the spread between seeds; read it with the seed counts."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -20,16 +22,16 @@ LEVEL = 0.95
 
 def bootstrap_means(values: Sequence[float], n: int, *, draws: int = DRAWS,
                     rng: np.random.Generator | None = None) -> np.ndarray:
-    """``draws`` bootstrap replicates of the mean of ``values`` (accuracies in [0, 1], one per seed, each
-    measured on ``n`` test images): seeds resampled with replacement, then each accuracy redrawn as
-    Binomial(n, acc) / n. Raises ValueError without values or with n < 1."""
+    """``draws`` bootstrap replicates of the mean of ``values`` (accuracies in [0, 1], one per model, all
+    measured on the same ``n`` test images): the values resampled with replacement, then their mean redrawn as
+    Binomial(n, mean) / n. Raises ValueError without values or with n < 1."""
     v = np.asarray([float(x) for x in values], dtype=float)
     v = v[~np.isnan(v)]
     if v.size == 0 or int(n) < 1:
         raise ValueError(f"bootstrap_means needs at least one value and n >= 1 (got {v.size} values, n={n})")
     rng = rng if rng is not None else np.random.default_rng(0)
     picked = v[rng.integers(0, v.size, size=(draws, v.size))]
-    return (rng.binomial(int(n), np.clip(picked, 0.0, 1.0)) / int(n)).mean(axis=1)
+    return rng.binomial(int(n), np.clip(picked.mean(axis=1), 0.0, 1.0)) / int(n)
 
 
 def interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sweeper.errors import SpecError
-from sweeper.sweep.schema import (IMAGE_SHAPES, KINDS, NAME_PATTERN, STAGE_MODELS, AttackConfig,
+from sweeper.sweep.schema import (CHAIN_STRIDE, IMAGE_SHAPES, KINDS, NAME_PATTERN, STAGE_MODELS, AttackConfig,
                      EvaluateStage, FourierStage, Sweep, SweepFile, SynthesizeStage, TrainStage, TransferStage,
                      eps_limit)
 
@@ -434,9 +434,28 @@ def validate(raw: Any, source: str = "<dict>") -> Sweep:
               for name, (raw_stage, stage_axes) in axes.items()}
     sweep = Sweep(name=top.name, description=top.description, seed=top.seed, data=top.data, run=top.run,
                   stages=top.stages, points=points, source=source, chains=top.chains)
+    _check_chain_seeds(sweep, source)
     _check_refs(sweep, source)
     _check_probes(sweep, source)
     return sweep
+
+
+def _check_chain_seeds(sweep: Sweep, source: str) -> None:
+    """With ``chains: N`` > 1, chain k adds CHAIN_STRIDE * k to every seed: a seed the file sets at or above
+    CHAIN_STRIDE (the sweep's, or a stage's) could then equal another stage's chain-k seed, and the two nodes
+    would silently be one."""
+    if sweep.chains <= 1:
+        return
+    if sweep.seed >= CHAIN_STRIDE or sweep.seed < 0:
+        raise SpecError(source, "seed", f"must be in [0, {CHAIN_STRIDE}) with chains: {sweep.chains} (got "
+                                        f"{sweep.seed}); chain k adds {CHAIN_STRIDE} * k to every seed")
+    for name, pts in sweep.points.items():
+        for point, model in pts:
+            seed = getattr(model, "seed", None)
+            if seed is not None and not 0 <= seed < CHAIN_STRIDE:
+                raise SpecError(source, f"stages.{name}.seed", f"must be in [0, {CHAIN_STRIDE}) with chains: "
+                                f"{sweep.chains} (got {seed}); chain k adds {CHAIN_STRIDE} * k to every seed, so "
+                                "a larger one could be another stage's chain seed")
 
 
 def _stage_axes_checked(name: str, stage: Any, source: str) -> tuple[dict, list[list]]:
