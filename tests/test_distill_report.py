@@ -64,6 +64,7 @@ def test_each_control_beside_the_articles_number_with_its_direction():
     assert adv["holds"] and dr["holds"] and "sweeper's reading" in dr["setting"]
     md = distill.markdown(rows)
     assert "## The Distill controls" in md and md.count("\n| ") == len(rows) + 1
+    assert all(line.count("|") == 8 for line in md.splitlines() if line.startswith("| "))  # 7 cells, every row
 
 
 def test_directions_flip_with_the_numbers():

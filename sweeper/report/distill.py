@@ -70,7 +70,7 @@ def bugs_only(recs: list[dict], ref: list[dict]) -> list[dict]:
         dm, _, _, dtext = _acc(d)
         lo, _hi = stats.diff_ci(d["clean_acc_values"], _n(d), b["clean_acc_values"], _n(b))
         bt, dt = _mean(b, "transfer_rate"), _mean(d, "transfer_rate")
-        here += f" | D_det {dtext}; transfer {_pct(dt)}"
+        here += f"; vs D_det {dtext}, transfer {_pct(dt)}"
         holds = bm < dm and (bt is None or dt is None or bt < dt)
         out.append(_row(ref, "bugs_only", f"{b['model_stage']} vs {d['model_stage']} ({b['target_arch']}, "
                                           f"eps {_eps(b):g})", here, holds, lo > 0))
@@ -93,7 +93,7 @@ def leakage(recs: list[dict], ref: list[dict], chance: float) -> list[dict]:
                 continue
             dm, dlo, _, dtext = _acc(d)
             _, _, dhi, _ = _acc(d)
-            here = (f"probe on D_rand {rtext} | on D_det {dtext} (D_det hit rate {_pct(_mean(d, 'hit_rate'))}, "
+            here = (f"probe on D_rand {rtext}; on D_det {dtext} (D_det hit rate {_pct(_mean(d, 'hit_rate'))}, "
                     f"robust model reads the original class on {_pct(_mean(d, 'robust_reads_original'))}); "
                     f"D_det {'no leakage measured: clean evidence' if dlo <= chance else 'leaks: not clean evidence'}"
                     " at this eps")
@@ -110,8 +110,11 @@ def wrong_labels(recs: list[dict], ref: list[dict], chance: float) -> list[dict]
     out = []
     for w in (r for r in recs if r["train_set"] == "D_wallace" and not _is_probe(r)):
         m, lo, _, text = _acc(w)
-        out.append(_row(ref, "wrong_labels", f"{w['model_stage']} ({w['target_arch']}, {w['train_size']} images "
-                                             "kept)", f"{text} (chance {100 * chance:.0f}%)", m > chance, lo > chance))
+        kept = _mean(w, "n_trained")
+        out.append(_row(ref, "wrong_labels", f"{w['model_stage']} ({w['target_arch']}; {kept:.0f} images kept of a "
+                                             f"pool of {w['train_size']})" if kept is not None else
+                        f"{w['model_stage']} ({w['target_arch']})", f"{text} (chance {100 * chance:.0f}%)",
+                        m > chance, lo > chance))
     return out
 
 
@@ -163,6 +166,7 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         clear = "-" if r["clear"] is None else ("yes" if r["clear"] else "no")
+        r = {k: v.replace("|", "/") if isinstance(v, str) else v for k, v in r.items()}  # a cell never splits
         lines.append(f"| {r['control']} | {r['setting']} | {r['here']} | {r['distill']} | {r['direction']} | "
                      f"{'yes' if r['holds'] else '**no**'} | {clear} |")
     return "\n".join(lines) + "\n"
