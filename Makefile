@@ -33,7 +33,8 @@ data:
 test: setup data
 	$(BIN)/python -m pytest -q
 
-# the slow tests (W&B failure retries, Ctrl-C/SIGTERM runs, a Jobs API submission): CI runs them after `make test`
+# the slow tests (W&B failure retries, Ctrl-C/SIGTERM runs, Jobs API submissions, the autoscaler and spot reclaims,
+# node, trial and driver losses, two engines sharing a store): CI runs them after `make test`
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
 

@@ -63,6 +63,7 @@ def test_two_nodes_without_a_shared_disk(two_nodes, s3_server, tmp_path, monkeyp
         [f"small-{k}" for k in plan.nodes] + ["small-report"])
 
 
+@pytest.mark.slow  # in make test-slow (CI runs it after make test): keeps make test within 15 min on 2 cores
 def test_worker_node_lost_mid_synthesis_on_s3(two_nodes, s3_server, tmp_path, monkeypatch, capsys):
     """The pool's two actors sit one per node. The worker node is SIGKILLed (raylet and every process under it)
     in the middle of synthesis; the sweep completes on the head with the undisturbed results."""

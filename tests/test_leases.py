@@ -174,6 +174,7 @@ def test_an_expired_lease_on_s3_is_taken_over_at_once(s3_uri, capsys):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # in make test-slow (CI runs it after make test): keeps make test within 15 min on 2 cores
 def test_a_ray_driver_and_a_local_driver_share_the_work(tmp_path):
     """`sweeper run` on Ray (leases taken in batches, for the nodes about to start) and an in-process driver
     started once the Ray driver has taken its first leases: between them every node once, the same results as a

@@ -53,6 +53,7 @@ def _stats(root) -> dict:
     return out
 
 
+@pytest.mark.slow  # in make test-slow (CI runs it after make test): keeps make test within 15 min on 2 cores
 def test_driver_sigkill_then_same_command_resumes(cluster, undisturbed, tmp_path, capsys):
     address = cluster.start_head(num_cpus=2)
     path = write_sweep(tmp_path, "killed", SLOW)
@@ -94,6 +95,7 @@ def test_driver_sigkill_then_same_command_resumes(cluster, undisturbed, tmp_path
     assert results_of(path) == undisturbed
 
 
+@pytest.mark.slow  # in make test-slow (CI runs it after make test): keeps make test within 15 min on 2 cores
 def test_trial_process_killed_mid_training_is_retried_from_its_checkpoint(cluster, tmp_path, capsys):
     """The Tune trial's worker process is SIGKILLed after an epoch checkpoint: Tune's FailureConfig retries
     the trial, which continues from the checkpoint (no epoch reported twice) and ends with the undisturbed

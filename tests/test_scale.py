@@ -30,6 +30,7 @@ def _plan(tmp_path, text):
     return build_plan(loads(text.replace("STORE", str(tmp_path / "store")))), Store(str(tmp_path / "store"))
 
 
+@pytest.mark.slow  # in make test-slow (CI runs it after make test): keeps make test within 15 min on 2 cores
 def test_a_training_starts_while_an_unrelated_synthesis_of_its_wave_still_runs(tmp_path):
     assert TWO != SMALL and "d_long" in TWO
     plan, store = _plan(tmp_path, TWO)
