@@ -117,15 +117,21 @@ def _done_nodes(plan: Plan, reads: _Reads, kind: str) -> list:
     return [n for n, ok in zip(nodes, reads.done([n.key for n in nodes])) if ok]
 
 
-def transfer_rows(plan: Plan, store: Store, *, _reads: _Reads | None = None) -> list[dict]:
-    """One row per finished transfer node, in plan order."""
-    reads = _reads or _Reads(store)
-    nodes = _done_nodes(plan, reads, "transfer")
+def _each_done(plan: Plan, reads: _Reads, kind: str):
+    """(node, meta) of every finished node of ``kind``, in plan order: the metas read ahead together (in
+    parallel on an object store) and each dropped once yielded."""
+    nodes = _done_nodes(plan, reads, kind)
     reads.prefetch(n.key for n in nodes)
-    rows = []
     for node in nodes:
         m = reads.meta(node.key)
         reads.forget([node.key])
+        yield node, m
+
+
+def transfer_rows(plan: Plan, store: Store, *, _reads: _Reads | None = None) -> list[dict]:
+    """One row per finished transfer node, in plan order."""
+    rows = []
+    for node, m in _each_done(plan, _reads or _Reads(store), "transfer"):
         probe = plan.nodes[node.inputs["model"]]
         rows.append({"synth_key": node.inputs["data"], "synth_label": plan.nodes[node.inputs["data"]].label,
                      "probe_key": probe.key, "probe_label": probe.label, "probe_arch": probe.spec.arch,
@@ -636,13 +642,8 @@ def fourier_rows(plan: Plan, store: Store, *, _reads: _Reads | None = None) -> l
     as :meth:`Plan.train_set` names it, ``arch``, ``seed``), the noise (``eps``: L2 norm per channel, ``n``
     test images) and the heatmap's summaries (``clean_error``, ``mean_error``, ``low_freq_error``,
     ``high_freq_error``: :func:`sweeper.science.fourier.band_errors`)."""
-    reads = _reads or _Reads(store)
-    nodes = _done_nodes(plan, reads, "fourier")
-    reads.prefetch(n.key for n in nodes)
     out = []
-    for node in nodes:
-        m = reads.meta(node.key)
-        reads.forget([node.key])
+    for node, m in _each_done(plan, _reads or _Reads(store), "fourier"):
         model = plan.nodes[node.inputs["model"]]
         out.append({"fourier_key": node.key, "fourier_stage": node.stage, "fourier_label": node.label,
                     "model_key": model.key, "model_stage": model.stage, "model_label": model.label,

@@ -50,6 +50,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False, frozen=True)
 
 
+class _Keyed(_Strict):
+    """A model whose dump is hashed into node keys: options added after keys existed (``_OMIT_AT_DEFAULT``)
+    are left out of its dumps at their defaults, so older nodes keep their keys."""
+    _OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for name in self._OMIT_AT_DEFAULT:
+            if name in out and out[name] == type(self).model_fields[name].default:
+                del out[name]
+        return out
+
+
 # ---------------------------------------------------------------- sections
 class ToySpec(_Strict):
     d: int = Field(100, ge=1, description="number of weak (non-robust) features")
@@ -152,7 +166,7 @@ def parse_eps(v: Any) -> float:
 METHODS = ("pgd", "apgd-ce", "apgd-t", "apgd-dlr", "fab", "square", "autoattack")
 
 
-class AttackConfig(_Strict):
+class AttackConfig(_Keyed):
     r"""One attack: sweeper's PGD (``method: pgd``, :func:`sweeper.science.attacks.pgd`) or an AutoAttack-class method
     (:func:`sweeper.science.aa.run_attack`).
 
@@ -195,14 +209,6 @@ class AttackConfig(_Strict):
     @classmethod
     def _parse(cls, v):
         return v if v is None else parse_eps(v)
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        out = handler(self)
-        for name in self._OMIT_AT_DEFAULT:
-            if name in out and out[name] == type(self).model_fields[name].default:
-                del out[name]
-        return out
 
     def resolved_step_size(self) -> float:
         """The step length actually used: step_size, or 2.5 * eps / steps when None."""
@@ -262,7 +268,7 @@ class InversionConfig(_Strict):
 
 
 # ---------------------------------------------------------------- stages
-class TrainStage(_Strict):
+class TrainStage(_Keyed):
     kind: Literal["train"] = Field(description="train: train a model")
     arch: Arch = Field(description="the model's architecture")
     train_size: Optional[int] = Field(None, ge=1, description="train on the first N of a seeded permutation of "
@@ -287,14 +293,6 @@ class TrainStage(_Strict):
     # options added after node keys existed: left out of dumps (and so of node keys) at their defaults
     _OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("features",)
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        out = handler(self)
-        for name in self._OMIT_AT_DEFAULT:
-            if name in out and out[name] == type(self).model_fields[name].default:
-                del out[name]
-        return out
-
     @model_validator(mode="after")
     def _size_xor_from(self):
         if self.from_ is not None and self.train_size is not None:
@@ -302,7 +300,7 @@ class TrainStage(_Strict):
         return self
 
 
-class SynthesizeStage(_Strict):
+class SynthesizeStage(_Keyed):
     kind: Literal["synthesize"] = Field(description="synthesize: build a training set from a model")
     from_: str = Field(alias="from",                  # a train stage: the source model
                        description="a train stage: its model is the source")
@@ -330,14 +328,6 @@ class SynthesizeStage(_Strict):
 
     # options added after node keys existed: left out of dumps (and so of node keys) at their defaults
     _OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("ensemble",)
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        out = handler(self)
-        for name in self._OMIT_AT_DEFAULT:
-            if name in out and out[name] == type(self).model_fields[name].default:
-                del out[name]
-        return out
 
     @model_validator(mode="after")
     def _method_fields(self):
