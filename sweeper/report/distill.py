@@ -23,20 +23,15 @@ def _mean(rec: dict, col: str):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def _n(rec: dict) -> int:
-    return int(max(rec["eval_n_values"]))
-
-
 def _acc(rec: dict) -> tuple[float, float, float, str]:
     """(mean, low, high, 'm% [lo, hi]') of a group's true-label accuracy."""
-    lo, hi = stats.mean_ci(rec["clean_acc_values"], _n(rec))
+    lo, hi = stats.mean_ci(rec["clean_acc_values"], stats.group_n(rec))
     m = float(rec["clean_acc_mean"])
     return m, lo, hi, f"{100 * m:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _is_probe(rec: dict) -> bool:
-    f = rec.get("features")
-    return bool(f) and not (isinstance(f, float) and math.isnan(f))
+    return bool(rec.get("features"))  # summary() keeps a non-probe's features None (not pandas' NaN)
 
 
 def _eps(rec: dict):
@@ -68,7 +63,7 @@ def bugs_only(recs: list[dict], ref: list[dict]) -> list[dict]:
             continue
         d = same[0]
         dm, _, _, dtext = _acc(d)
-        lo, _hi = stats.diff_ci(d["clean_acc_values"], _n(d), b["clean_acc_values"], _n(b))
+        lo, _hi = stats.diff_ci(d["clean_acc_values"], stats.group_n(d), b["clean_acc_values"], stats.group_n(b))
         bt, dt = _mean(b, "transfer_rate"), _mean(d, "transfer_rate")
         here += f"; vs D_det {dtext}, transfer {_pct(dt)}"
         holds = bm < dm and (bt is None or dt is None or bt < dt)

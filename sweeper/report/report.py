@@ -308,11 +308,6 @@ def _base_key(rec: dict) -> tuple:
     return size, rec["target_arch"], rec.get("features"), rec["eval_stage"]
 
 
-def _n(rec: dict) -> int:
-    """The number of test images a summary group was scored on (every evaluation of a group has the same)."""
-    return int(max(rec["eval_n_values"]))
-
-
 def claims(summ, num_classes: int) -> list[dict]:
     """The paper's claims checked on this sweep's numbers (means over seeds): D_R more and D_NR less robust than
     a clean model trained on the same number of real images (largest ball's worst case), D_rand and D_det above
@@ -343,7 +338,7 @@ def claims(summ, num_classes: int) -> list[dict]:
                 if base is None or math.isnan(r[f"{col}_mean"]):
                     continue
                 d = r[f"{col}_mean"] - base[f"{col}_mean"]
-                lo, hi = stats.diff_ci(r[f"{col}_values"], _n(r), base[f"{col}_values"], _n(base))
+                lo, hi = stats.diff_ci(r[f"{col}_values"], stats.group_n(r), base[f"{col}_values"], stats.group_n(base))
                 pairs = [(a, b) for a in r[f"{col}_values"] for b in base[f"{col}_values"]]
                 out.append({"claim": f"{ts} ({r['model_stage']}) {'more' if sign > 0 else 'less'} robust than the "
                                      f"same-size clean baseline ({base['model_stage']}, n={r['train_size']}), "
@@ -361,7 +356,7 @@ def claims(summ, num_classes: int) -> list[dict]:
         for r in (r for r in recs if r["train_set"] == ts and not r.get("features")):
             extra = f"; hit rate {_pm(r, 'hit_rate')}" if r.get("hit_rate_count") else ""
             accs = r["clean_acc_values"]
-            lo, hi = stats.mean_ci(accs, _n(r))
+            lo, hi = stats.mean_ci(accs, stats.group_n(r))
             out.append({"claim": f"{ts} ({r['model_stage']}, {_arch(r)}) "
                                  f"above chance ({100 * chance:.0f}%) on the true test labels",
                         "here": _pm(r, "clean_acc") + extra, "paper": paper,
@@ -375,7 +370,7 @@ def claims(summ, num_classes: int) -> list[dict]:
                             ("D_det_bugs", -1, "2.5-2.8% (Nakkiran, CIFAR-10)")):
         for r in (r for r in recs if r["train_set"] == ts and not r.get("features")):
             accs = r["clean_acc_values"]
-            lo, hi = stats.mean_ci(accs, _n(r))
+            lo, hi = stats.mean_ci(accs, stats.group_n(r))
             extra = (f"; hit rate {_pm(r, 'hit_rate')}" if r.get("hit_rate_count") else "") + (
                 f"; ensemble keeps the true label on {_pm(r, 'ensemble_keeps')}" if r.get("ensemble_keeps_count")
                 else "")  # a low hit rate: mostly unperturbed images with shifted labels, a vacuous "not above"

@@ -45,6 +45,12 @@ def mean_ci(values: Sequence[float], n: int, level: float = LEVEL) -> tuple[floa
     return interval(bootstrap_means(values, n), level)
 
 
+def group_n(rec: dict) -> int:
+    """The number of test images a summary group was scored on (every evaluation of a group has the same):
+    the ``n`` of its intervals."""
+    return int(max(rec["eval_n_values"]))
+
+
 def diff_ci(a: Sequence[float], n_a: int, b: Sequence[float], n_b: int, level: float = LEVEL) -> tuple[float, float]:
     """The bootstrap ``level`` interval of mean(a) - mean(b), both sides resampled independently."""
     rng = np.random.default_rng(0)
